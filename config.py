@@ -1,0 +1,459 @@
+"""Config: every setting of a run, with typed defaults, file loading, overrides and validation.
+
+Field names are spelled exactly as users write them in config files (the predecessor's UPPERCASE
+keys), so error messages, files and the panel agree. A `Config` is valid by construction:
+`__post_init__` checks every field and reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import runpy
+import sys
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vsr_async.errors import ConfigError, ConfigErrors
+
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+Layout = Literal["auto", "patches", "frames"]
+
+
+def _f(default: Any, *, lo: float | None = None, hi: float | None = None, live: bool = False):
+    """A field with an inclusive range, and whether PATCH /api/config may change it mid-run."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "live": live})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    # --- model (start-only: a checkpoint only fits the shape it was trained with) -----------
+    N_FEATS: int = _f(64, lo=4, hi=1024)
+    """Feature channels (F) in every propagation block."""
+    N_BLOCKS: int = _f(24, lo=2, hi=512)
+    """Residual blocks in total, split evenly between the backward and forward trunk (even)."""
+    NUM_FRAMES: int = _f(5, lo=1, hi=31)
+    """LR frames (T) per sample; odd, the output is the centre frame."""
+    SCALE: int = _f(3, lo=2, hi=4)
+    """Upscaling factor: 2, 3 or 4."""
+
+    # --- batch ---------------------------------------------------------------------------------
+    BATCH_SIZE: int | Literal["auto"] = _f(4, lo=1, hi=4096)
+    """Samples per micro-batch, or "auto": the largest that fits the GPU (see EFFECTIVE_BATCH)."""
+    ACCUMULATION_STEPS: int = _f(1, lo=1, hi=1024)
+    """Micro-batches per optimizer step (gradient accumulation)."""
+    EFFECTIVE_BATCH: int = _f(0, lo=0, hi=65536)
+    """Samples per optimizer step when BATCH_SIZE is "auto"; 0 = BATCH_SIZE x ACCUMULATION_STEPS."""
+    GT_PATCH_SIZE: int = _f(192, lo=12, hi=4096)
+    """GT crop size for the frame-folder layout (the patch layout reads sizes from its files)."""
+
+    # --- learning rate -------------------------------------------------------------------------
+    LR_EXPONENT: float = _f(-5.0, lo=-12.0, hi=0.0)
+    """Warmup starts at 10**LR_EXPONENT and rises linearly to MAX_LR (predecessor's meaning)."""
+    WEIGHT_DECAY: float = _f(1e-3, lo=0.0, hi=1.0, live=True)
+    """AdamW weight decay."""
+    WARMUP_STEPS: int = _f(1000, lo=0, hi=10**9)
+    """Optimizer steps of linear warmup."""
+    MAX_LR: float = _f(1e-4, lo=1e-12, hi=1.0, live=True)
+    """Peak learning rate, reached at the end of warmup; cosine decay follows."""
+    MIN_LR: float = _f(1e-6, lo=0.0, hi=1.0, live=True)
+    """Learning rate at MAX_STEPS (end of the cosine)."""
+
+    # --- loss weights (targets; the adaptive system moves the current weights around them) -----
+    L1_WEIGHT: float = _f(1.0, lo=0.0, hi=100.0, live=True)
+    """Weight of the L1 pixel loss."""
+    MS_WEIGHT: float = _f(0.0, lo=0.0, hi=100.0, live=True)
+    """Weight of the multi-scale L1 loss (1/2 and 1/4 resolution)."""
+    GRAD_WEIGHT: float = _f(0.0, lo=0.0, hi=100.0, live=True)
+    """Weight of the image-gradient (edge) L1 loss."""
+    PERCEPTUAL_WEIGHT: float = _f(0.0, lo=0.0, hi=100.0)
+    """Weight of the VGG perceptual loss; > 0 needs PERCEPTUAL_WEIGHTS_PATH."""
+    PERCEPTUAL_WEIGHTS_PATH: str = ""
+    """Local file with VGG16 weights (torchvision state_dict layout); nothing is downloaded."""
+
+    # --- cadence -------------------------------------------------------------------------------
+    MAX_STEPS: int = _f(100_000, lo=1, hi=10**10)
+    """Optimizer steps of the whole run."""
+    VAL_STEP_EVERY: int = _f(500, lo=1, hi=10**10, live=True)
+    """Validate, then write Statistik_<step>.json, every this many optimizer steps."""
+    SAVE_STEP_EVERY: int = _f(10_000, lo=1, hi=10**10, live=True)
+    """Save a checkpoint every this many optimizer steps."""
+    LOG_TBOARD_EVERY: int = _f(100, lo=1, hi=10**10, live=True)
+    """Read losses off the device and log them every this many steps (the only sync cadence)."""
+    HIST_STEP_EVERY: int = _f(500, lo=1, hi=10**10, live=True)
+    """Write weight histograms to TensorBoard every this many steps."""
+    KEEP_CHECKPOINTS: int = _f(3, lo=1, hi=1000, live=True)
+    """Newest checkpoints kept, besides the best one."""
+
+    # --- data ----------------------------------------------------------------------------------
+    DATA_ROOT: str = "Learn"
+    """Run ("Learn") directory: Statistik files, checkpoints, TensorBoard, training.log."""
+    DATASET_ROOT: str = ""
+    """Dataset directory (patch or frame-folder layout); never written to."""
+    DATASET_LAYOUT: Layout = "auto"
+    """"patches" (Patches/GT, Patches/LR, Val/...), "frames" (GT/<clip>/...) or "auto"."""
+    VAL_MAX_IMAGES: int = _f(0, lo=0, hi=10**6)
+    """Validate on at most this many images (0 = all)."""
+    NUM_WORKERS: int = _f(2, lo=0, hi=256)
+    """Data-loader worker processes (0 = load on the GPU thread)."""
+    PIN_MEMORY: bool = True
+    """Pin host batches for non-blocking copies to the GPU (ignored on the CPU)."""
+
+    # --- adaptive system -----------------------------------------------------------------------
+    ADAPTIVE_LOSS_WEIGHTS: bool = True
+    """Let the adaptive system move loss weights around their targets."""
+    ADAPTIVE_GRAD_CLIP: bool = True
+    """Derive the gradient clip from recent gradient norms."""
+    INITIAL_GRAD_CLIP: float = _f(1.5, lo=1e-6, hi=1e6, live=True)
+    """Gradient-norm clip (the starting value when ADAPTIVE_GRAD_CLIP is on)."""
+
+    # --- precision and speed -------------------------------------------------------------------
+    AMP: AmpMode = "auto"
+    """Autocast: "auto" picks by device capability; "bf16", "fp16" (with grad scaler) or "off"."""
+    CHANNELS_LAST: bool = True
+    """Use channels_last memory format on CUDA (faster convolutions on tensor cores)."""
+    GRADIENT_CHECKPOINTING: bool = False
+    """Recompute the propagation trunks in backward to save memory."""
+    COMPILE: bool = False
+    """torch.compile the model (slow first steps, faster later)."""
+    EMA_DECAY: float = _f(0.0, lo=0.0, hi=0.999999)
+    """Decay of the EMA weights used for validation; 0 = off."""
+    NAN_LIMIT: int = _f(10, lo=1, hi=10**6)
+    """Stop (with a checkpoint) after this many consecutive non-finite losses."""
+    SEED: int = _f(0, lo=0, hi=2**63 - 1)
+    """Seed for model init, sampling and augmentation."""
+    DEVICE: str = "auto"
+    """"auto" (CUDA if present), "cpu", "cuda" or "cuda:N"."""
+
+    # --- web panel -----------------------------------------------------------------------------
+    WEB_ENABLED: bool = True
+    """Serve the web panel and REST API (--no-web turns it off)."""
+    WEB_HOST: str = "127.0.0.1"
+    """Bind address; anything but loopback requires a bearer token on every request."""
+    WEB_PORT: int = _f(5050, lo=0, hi=65535)
+    """Panel port (0 = any free port, printed at start)."""
+    WEB_TOKEN: str = ""
+    """Bearer token; empty = generated and printed once when the host is not loopback."""
+    KEYBOARD_ENABLED: bool = True
+    """Read keys from stdin when it is a terminal (--no-keyboard turns it off)."""
+
+    def __post_init__(self) -> None:
+        errors = _check_types_and_ranges(self)
+        errors += _check_relations(self, {e.key for e in errors})
+        if errors:
+            raise ConfigErrors(errors) if len(errors) > 1 else errors[0]
+
+    def replace(self, changes: Mapping[str, Any]) -> Config:
+        """A validated copy with `changes` applied; values may be strings (from --set)."""
+        return build_config(changes, base=self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in field_names()}
+
+
+# Keys of the predecessor's config files that were renamed; value converters keep old files loading.
+LEGACY_KEYS: dict[str, tuple[str, typing.Callable[[Any], Any]]] = {
+    "USE_AMP": ("AMP", lambda v: "auto" if v else "off"),
+    "USE_CHECKPOINTING": ("GRADIENT_CHECKPOINTING", bool),
+}
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def live_keys() -> frozenset[str]:
+    """Keys that PATCH /api/config may change during a run; the rest apply only at start."""
+    return frozenset(f.name for f in dataclasses.fields(Config) if f.metadata.get("live"))
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def describe_type(tp: Any) -> str:
+    """The allowed values of a field type, as the user reads them in an error."""
+    if tp is bool:
+        return "true or false"
+    if tp in (int, float, str):
+        return {int: "an integer", float: "a number", str: "a string"}[tp]
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
+    return str(tp)
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and hi is not None:
+        return f"in [{lo:g}, {hi:g}]"
+    return f">= {lo:g}" if lo is not None else f"<= {hi:g}"
+
+
+def _value_fits(value: Any, tp: Any) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp) and type(value) in {
+            type(a) for a in typing.get_args(tp)
+        }
+    if origin in (typing.Union, types.UnionType):
+        return any(_value_fits(value, a) for a in typing.get_args(tp))
+    return isinstance(value, tp)
+
+
+def _check_types_and_ranges(config: Config) -> list[ConfigError]:
+    errors = []
+    hints = _hints()
+    for f in dataclasses.fields(Config):
+        value, tp = getattr(config, f.name), hints[f.name]
+        if not _value_fits(value, tp):
+            errors.append(ConfigError(f.name, f"must be {describe_type(tp)}, got {value!r}"))
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                errors.append(ConfigError(f.name, f"must be a finite number, got {value!r}"))
+                continue
+            lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                errors.append(
+                    ConfigError(f.name, f"must be {_range_text(f.metadata)}, got {value!r}")
+                )
+    return errors
+
+
+def _check_relations(c: Config, failed: set[str]) -> list[ConfigError]:
+    """Rules beyond one field's type and range; a rule is skipped if a key it reads is bad."""
+    errors = []
+    perceptual_on = lambda: c.PERCEPTUAL_WEIGHT > 0  # noqa: E731
+    rules: list[tuple[tuple[str, ...], typing.Callable[[], bool], typing.Callable[[], str]]] = [
+        (
+            ("N_BLOCKS",),
+            lambda: c.N_BLOCKS % 2 == 1,
+            lambda: f"must be even (split between two trunks), got {c.N_BLOCKS}",
+        ),
+        (
+            ("NUM_FRAMES",),
+            lambda: c.NUM_FRAMES % 2 == 0,
+            lambda: f"must be odd (the centre frame is restored), got {c.NUM_FRAMES}",
+        ),
+        (
+            ("GT_PATCH_SIZE", "SCALE"),
+            lambda: c.GT_PATCH_SIZE % c.SCALE != 0,
+            lambda: f"must be a multiple of SCALE={c.SCALE}, got {c.GT_PATCH_SIZE}",
+        ),
+        (
+            ("MIN_LR", "MAX_LR"),
+            lambda: c.MIN_LR > c.MAX_LR,
+            lambda: f"must be <= MAX_LR={c.MAX_LR:g}, got {c.MIN_LR:g}",
+        ),
+        (
+            ("EFFECTIVE_BATCH", "BATCH_SIZE"),
+            lambda: c.BATCH_SIZE == "auto" and c.EFFECTIVE_BATCH == 0,
+            lambda: 'must be set (>= 1) when BATCH_SIZE is "auto"',
+        ),
+        (
+            ("PERCEPTUAL_WEIGHTS_PATH", "PERCEPTUAL_WEIGHT"),
+            lambda: perceptual_on() and not c.PERCEPTUAL_WEIGHTS_PATH,
+            lambda: (
+                "must name a local VGG16 weights file when PERCEPTUAL_WEIGHT > 0 (nothing "
+                "can be downloaded; set PERCEPTUAL_WEIGHT=0 to turn the loss off)"
+            ),
+        ),
+        (
+            ("PERCEPTUAL_WEIGHTS_PATH", "PERCEPTUAL_WEIGHT"),
+            lambda: (
+                perceptual_on()
+                and bool(c.PERCEPTUAL_WEIGHTS_PATH)
+                and not Path(c.PERCEPTUAL_WEIGHTS_PATH).is_file()
+            ),
+            lambda: f"no such file: {c.PERCEPTUAL_WEIGHTS_PATH}",
+        ),
+        (
+            ("DEVICE",),
+            lambda: not _device_ok(c.DEVICE),
+            lambda: f'must be "auto", "cpu", "cuda" or "cuda:N", got {c.DEVICE!r}',
+        ),
+        (("WEB_HOST",), lambda: not c.WEB_HOST.strip(), lambda: "must not be empty"),
+    ]
+    for keys, broken, message in rules:
+        if not failed.intersection(keys) and broken():
+            errors.append(ConfigError(keys[0], message()))
+    return errors
+
+
+def _device_ok(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+# --- building a Config from raw values ---------------------------------------------------------
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key.upper(), field_names() + list(LEGACY_KEYS), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _convert_string(key: str, text: str, tp: Any) -> Any:
+    """Turn a --set value (always a string) into the field's type, or raise naming the key."""
+    text = text.strip()
+    if tp is str:
+        return text
+    if tp is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(key, f"must be true or false, got {text!r}")
+    if tp is int:
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            try:
+                as_float = float(text)
+            except ValueError:
+                raise ConfigError(key, f"must be an integer, got {text!r}") from None
+            if as_float.is_integer():
+                return int(as_float)
+            raise ConfigError(key, f"must be an integer, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(key, f"must be a number, got {text!r}") from None
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        for choice in typing.get_args(tp):
+            if str(choice).lower() == text.lower():
+                return choice
+        raise ConfigError(key, f"must be {describe_type(tp)}, got {text!r}")
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert_string(key, text, option)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"must be {describe_type(tp)}, got {text!r}")
+    raise ConfigError(key, f"cannot be set from text (type {tp})")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """File values keep their type, except that an integer is accepted where a number is asked."""
+    if isinstance(value, str) and tp is not str and not _value_fits(value, tp):
+        return _convert_string(key, value, tp)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def build_config(values: Mapping[str, Any], *, base: Config | None = None) -> Config:
+    """Validate raw key → value pairs (from a file, --set or PATCH) on top of `base`.
+
+    Unknown keys get a "did you mean"; every problem is reported in one error.
+    """
+    hints = _hints()
+    errors: list[ConfigError] = []
+    clean: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = raw_key
+        if key in LEGACY_KEYS:
+            key, convert = LEGACY_KEYS[key]
+            value = convert(value)
+        if key not in hints:
+            errors.append(ConfigError(raw_key, f"unknown key{_suggest(raw_key)}"))
+            continue
+        try:
+            clean[key] = _coerce(key, value, hints[key])
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise ConfigErrors(errors) if len(errors) > 1 else errors[0]
+    start = base.to_dict() if base is not None else {}
+    try:
+        return Config(**{**start, **clean})
+    except ConfigError:
+        raise
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
+    """`--set KEY=VALUE` arguments → {KEY: "VALUE"} (converted later, by the field's type)."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("", f"--set expects KEY=VALUE, got {pair!r}")
+        result[key.strip()] = value
+    return result
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Raw values from a TOML file or a Python file of UPPERCASE constants.
+
+    A Python file may define `get_config()` returning a dict (the predecessor's format); then that
+    dict is the config. Otherwise its UPPERCASE module-level names are.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("", f"config file {path}: not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if isinstance(value, dict):
+                raise ConfigError(
+                    key,
+                    f"config file {path}: tables are not supported; write plain KEY = value lines",
+                )
+        return data
+    if path.suffix != ".py":
+        raise ConfigError("", f"config file {path}: must end in .py or .toml")
+    try:
+        namespace = runpy.run_path(str(path), run_name="vsr_async_config")
+    except Exception as exc:  # the user's file: any error is theirs to fix, shown in one line
+        raise ConfigError(
+            "", f"config file {path} failed to run: {type(exc).__name__}: {exc}"
+        ) from None
+    get_config = namespace.get("get_config")
+    if callable(get_config):
+        values = get_config()
+        if not isinstance(values, Mapping):
+            raise ConfigError("", f"config file {path}: get_config() must return a dict")
+        return dict(values)
+    return {
+        k: v
+        for k, v in namespace.items()
+        if k.isupper() and not k.startswith("_") and not isinstance(v, types.ModuleType)
+    }
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """The config of a run: defaults, then the file, then --set overrides, validated once."""
+    values: dict[str, Any] = load_config_file(path) if path is not None else {}
+    values.update(parse_overrides(overrides))
+    return build_config(values)
+
+
+if __name__ == "__main__":  # `python config.py FILE` prints the resolved config
+    for key, value in load_config(sys.argv[1] if len(sys.argv) > 1 else None).to_dict().items():
+        print(f"{key} = {value!r}")

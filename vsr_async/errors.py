@@ -1,0 +1,62 @@
+"""User-facing failures: each knows the one line the user reads; `__main__` prints it and exits 1.
+
+Anything that is not a `VsrError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VsrError(Exception):
+    """Base of every error a user can cause and fix (bad config, bad data, busy port)."""
+
+    exit_code = 1
+
+
+class ConfigError(VsrError):
+    """A config key has a bad name, type or value. `key` names it ('' for file-level problems)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"config key {key}: {message}" if key else message)
+
+
+class ConfigErrors(ConfigError):
+    """Several config problems reported at once, so the user fixes them in one go."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        ConfigError.__init__(self, errors[0].key, "; ".join(str(e) for e in errors))
+        # ConfigError prefixed the key once more; keep the joined messages as they are.
+        self.args = ("; ".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class DatasetError(VsrError):
+    """Bad training or validation data; `path` names the file or folder at fault."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"dataset {self.path}: {message}")
+
+
+class CheckpointError(VsrError):
+    """A checkpoint cannot be loaded or does not fit the run; `path` names it."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"checkpoint {self.path}: {message}")
+
+
+class PortInUseError(VsrError):
+    """The web panel cannot bind its address (usually: another run holds the port)."""
+
+    def __init__(self, host: str, port: int, reason: str = "address already in use") -> None:
+        self.host, self.port = host, port
+        super().__init__(
+            f"cannot start the web panel on {host}:{port}: {reason} "
+            "(pick another port with --port N, or --no-web)"
+        )
