@@ -1,0 +1,148 @@
+"""Plain data that the GPU worker hands to the event loop: Python numbers, never tensors.
+
+Kept free of torch so the store, the web layer and the dashboard import it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from statistics import fmean
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class LossWeights:
+    """Current weight of each loss term; a new object per change (the adaptive system moves
+    them around the config's targets)."""
+
+    l1: float = 1.0
+    ms: float = 0.0
+    grad: float = 0.0
+    perceptual: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> LossWeights:
+        """The configured targets (where the adaptive system starts)."""
+        return cls(
+            l1=config.L1_WEIGHT,
+            ms=config.MS_WEIGHT,
+            grad=config.GRAD_WEIGHT,
+            perceptual=config.PERCEPTUAL_WEIGHT,
+        )
+
+
+@dataclass(frozen=True)
+class AdaptiveReport:
+    """The adaptive system's state as the panel shows it (all computed, none constant)."""
+
+    mode: str  # Off, Warmup, Settling, Stable, Aggressive
+    is_cooldown: bool
+    cooldown_remaining: int
+    plateau_counter: int
+    lr_boost_available: bool
+    perceptual_trend: float
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Numbers read off the device at the logging cadence (the only per-step sync point)."""
+
+    loss_total: float  # window means of the weighted total and the unweighted components
+    loss_l1: float
+    loss_ms: float
+    loss_gradient: float
+    loss_perceptual: float
+    grad_norm: float
+    weights: LossWeights
+    grad_clip: float
+    adaptive: AdaptiveReport
+    activity: dict[str, float]
+    adam_momentum_avg: float
+    vram_peak_gb: float | None  # None on the CPU
+    vram_reserved_gb: float | None
+    host_memory_gb: float
+    nonfinite_steps: int  # total non-finite steps skipped so far
+    nonfinite_streak: int  # consecutive non-finite steps up to this one
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step done; `stats` only on logging steps."""
+
+    step: int  # optimizer steps completed
+    epoch: int
+    epoch_step: int
+    epoch_steps_total: int
+    learning_rate: float
+    lr_phase: str
+    skipped_files: tuple[str, ...] = ()
+    stats: StepStats | None = None
+
+
+@dataclass(frozen=True)
+class ImageMetrics:
+    """One validation image: bicubic ("LR") and model output ("KI") against the GT."""
+
+    name: str
+    psnr_lr_db: float
+    psnr_ki_db: float
+    ssim_lr: float
+    ssim_ki: float
+    quality_lr: float
+    quality_ki: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """A finished validation; the means are derived so they can never disagree with the images."""
+
+    images: tuple[ImageMetrics, ...]
+    loss: float  # mean L1 of the output against the GT
+    duration_s: float
+    used_ema: bool
+    strips: tuple[np.ndarray, ...] = field(default=(), repr=False)  # uint8 HxWx3: LR|out|GT
+
+    @property
+    def quality_lr(self) -> float:
+        return fmean(m.quality_lr for m in self.images)
+
+    @property
+    def quality_ki(self) -> float:
+        return fmean(m.quality_ki for m in self.images)
+
+    @property
+    def quality_improvement(self) -> float:
+        return fmean(m.quality_ki - m.quality_lr for m in self.images)
+
+    @property
+    def quality_ki_to_gt(self) -> float:
+        return fmean(m.quality_ki - 1.0 for m in self.images)
+
+    @property
+    def quality_lr_to_gt(self) -> float:
+        return fmean(m.quality_lr - 1.0 for m in self.images)
+
+    @property
+    def psnr_lr_db(self) -> float:
+        return fmean(m.psnr_lr_db for m in self.images)
+
+    @property
+    def psnr_ki_db(self) -> float:
+        return fmean(m.psnr_ki_db for m in self.images)
+
+    @property
+    def psnr_gain_db(self) -> float:
+        return self.psnr_ki_db - self.psnr_lr_db
+
+    @property
+    def ssim_lr(self) -> float:
+        return fmean(m.ssim_lr for m in self.images)
+
+    @property
+    def ssim_ki(self) -> float:
+        return fmean(m.ssim_ki for m in self.images)
