@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny real-photo dataset (built once per session) and real runs of the
+supervisor on the CPU, each in its own `tmp_path`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import TINY_SETTINGS, write_patch_dataset
+
+from config import Config, build_config
+from vsr_async.launch import Run, build_run, scan_async
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_patch_dataset(tmp_path_factory.mktemp("tiny_dataset"))
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, tiny_dataset: Path) -> Callable[..., Config]:
+    """`make_config(**overrides)`: the tiny CPU config with DATA_ROOT in this test's tmp_path."""
+
+    def make(**overrides: Any) -> Config:
+        values = {
+            **TINY_SETTINGS,
+            "DATASET_ROOT": str(tiny_dataset),
+            "DATA_ROOT": str(tmp_path / "Learn"),
+            **overrides,
+        }
+        return build_config(values)
+
+    return make
+
+
+@pytest.fixture
+async def start_run(
+    make_config: Callable[..., Config],
+) -> AsyncIterator[Callable[..., Awaitable[Run]]]:
+    """`run = await start_run(**overrides)`: a real run training in the background.
+
+    Returns once the supervisor has started (engine built, first step pending). At teardown the
+    run is stopped and awaited, so every test leaves no thread or file handle behind.
+    """
+    started: list[tuple[Run, asyncio.Task[int]]] = []
+
+    async def start(**overrides: Any) -> Run:
+        config = make_config(**overrides)
+        info = await scan_async(config)
+        run = build_run(config, info, console_log=False)
+        task = asyncio.create_task(run.execute())
+        started.append((run, task))
+        waiter = asyncio.ensure_future(run.supervisor.started.wait())
+        await asyncio.wait({waiter, task}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            task.result()  # raises what stopped the run
+        assert run.supervisor.started.is_set(), "run did not start within 120 s"
+        return run
+
+    yield start
+    for run, task in started:
+        if not task.done():
+            run.supervisor.stop("test teardown")
+        await asyncio.wait_for(asyncio.shield(task), 120)

@@ -1,0 +1,117 @@
+"""Helpers shared by the tests: a tiny dataset writer, CLI runner, waiting on store changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import skimage.data
+
+from vsr_async.data.degrade import bicubic_downscale
+from vsr_async.data.images import write_png
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SETTINGS: dict[str, Any] = {
+    "DATASET_LAYOUT": "patches",
+    "N_FEATS": 8,
+    "N_BLOCKS": 2,
+    "NUM_FRAMES": 3,
+    "SCALE": 3,
+    "BATCH_SIZE": 2,
+    "NUM_WORKERS": 0,
+    "LOG_TBOARD_EVERY": 5,
+    "VAL_STEP_EVERY": 1_000_000,
+    "SAVE_STEP_EVERY": 1_000_000,
+    "MAX_STEPS": 1_000_000,
+    "WARMUP_STEPS": 5,
+    "MAX_LR": 1e-3,
+    "WEB_ENABLED": False,
+    "KEYBOARD_ENABLED": False,
+}
+
+
+def _clip(photo: np.ndarray, x: int, y: int, gt_size: int, frames: int, scale: int):
+    """A pan over `photo`: frame t is the crop shifted by t−centre pixels; GT = centre crop."""
+    centre = frames // 2
+    lr_frames = []
+    for t in range(frames):
+        dx = t - centre
+        crop = photo[y : y + gt_size, x + dx : x + dx + gt_size]
+        lr_frames.append(bicubic_downscale(crop, scale))
+    gt = photo[y : y + gt_size, x : x + gt_size]
+    return gt, np.concatenate(lr_frames, axis=0)
+
+
+def write_patch_dataset(
+    root: Path, *, train: int = 24, val: int = 2, gt_size: int = 24, val_size: int = 48
+) -> Path:
+    """A small patch-layout dataset (NUM_FRAMES 3, SCALE 3) cut from scikit-image photographs."""
+    frames, scale = TINY_SETTINGS["NUM_FRAMES"], TINY_SETTINGS["SCALE"]
+    rng = np.random.default_rng(0)
+    train_photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    val_photo = skimage.data.rocket()
+    for split, count, size, photos in (
+        ("Patches", train, gt_size, train_photos),
+        ("Val", val, val_size, [val_photo]),
+    ):
+        (root / split / "GT").mkdir(parents=True, exist_ok=True)
+        (root / split / "LR").mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            photo = photos[i % len(photos)]
+            y = int(rng.integers(0, photo.shape[0] - size))
+            x = int(rng.integers(frames, photo.shape[1] - size - frames))
+            gt, lr = _clip(photo, x, y, size, frames, scale)
+            write_png(root / split / "GT" / f"{i:04d}.png", gt)
+            write_png(root / split / "LR" / f"{i:04d}.png", lr)
+    return root
+
+
+async def wait_until(predicate: Callable[[], bool], store: Any, timeout: float = 60.0) -> None:
+    """Wait (on store changes, not sleeps) until `predicate()` holds."""
+
+    async def loop() -> None:
+        version = -1
+        while not predicate():
+            version = await store.wait_for_change(version, timeout=1.0)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, **kwargs: Any):
+    """`python -m vsr_async ARGS` in a subprocess (stdin from /dev/null), captured."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "vsr_async", *args],
+        cwd=cwd or REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kwargs,
+    )
+
+
+def write_toml(path: Path, values: dict[str, Any]) -> Path:
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, str):
+            lines.append(f"{key} = {json.dumps(value)}")
+        else:
+            lines.append(f"{key} = {value!r}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,206 @@
+"""Command line: `python -m vsr_async` (demo), `train --config FILE`, `check --config FILE`.
+
+A `VsrError` (bad config, bad data, busy port) is one line on stderr and exit code 1; anything
+else is a bug and keeps its traceback. This module is the composition root: the one place that
+knows both the runtime (`vsr_async`) and the web panel (`web`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from config import Config, build_config, load_config_file, parse_overrides
+from vsr_async.errors import VsrError
+
+DEMO_DIR = Path("vsr_demo")
+
+# The embedded demo: a small model that beats bicubic on a 2-core CPU within minutes.
+DEMO_SETTINGS: dict[str, Any] = {
+    "DATASET_ROOT": str(DEMO_DIR / "dataset"),
+    "DATA_ROOT": str(DEMO_DIR / "Learn"),
+    "DATASET_LAYOUT": "patches",
+    "N_FEATS": 32,
+    "N_BLOCKS": 4,
+    "NUM_FRAMES": 5,
+    "SCALE": 3,
+    "BATCH_SIZE": 8,
+    "ACCUMULATION_STEPS": 1,
+    "LR_EXPONENT": -4.0,
+    "WARMUP_STEPS": 50,
+    "MAX_LR": 1e-3,
+    "MIN_LR": 1e-5,
+    "MAX_STEPS": 3000,
+    "VAL_STEP_EVERY": 100,
+    "SAVE_STEP_EVERY": 500,
+    "LOG_TBOARD_EVERY": 10,
+    "HIST_STEP_EVERY": 500,
+    "NUM_WORKERS": 1,
+    "L1_WEIGHT": 1.0,
+    "MS_WEIGHT": 0.2,
+    "GRAD_WEIGHT": 0.2,
+}
+
+
+def demo_config(overrides: dict[str, Any]) -> Config:
+    return build_config({**DEMO_SETTINGS, **overrides})
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m vsr_async",
+        description="Train video super-resolution models under an asyncio supervisor.",
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key (repeatable)",
+        )
+        p.add_argument(
+            "--resume",
+            default="auto",
+            metavar="auto|never|PATH",
+            help="continue from the newest checkpoint (auto), start fresh (never), "
+            "or from a checkpoint file",
+        )
+        p.add_argument("--host", help="web panel address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="web panel port (default 5050; 0 = any free)")
+        p.add_argument("--no-web", action="store_true", help="run without the web panel")
+        p.add_argument("--no-keyboard", action="store_true", help="do not read keys from stdin")
+
+    demo = sub.add_parser("demo", help="train on the embedded demo data (the default)")
+    run_options(demo)
+    train = sub.add_parser("train", help="train with a config file")
+    train.add_argument("--config", required=True, type=Path, help="a .py or .toml config file")
+    run_options(train)
+    check = sub.add_parser("check", help="validate a config and its dataset, print a summary")
+    check.add_argument("--config", required=True, type=Path)
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    argv = list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "demo")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None) is not None:
+        values.update(load_config_file(args.config))
+    values.update(parse_overrides(args.overrides))
+    if getattr(args, "host", None) is not None:
+        values["WEB_HOST"] = args.host
+    if getattr(args, "port", None) is not None:
+        values["WEB_PORT"] = args.port
+    if getattr(args, "no_web", False):
+        values["WEB_ENABLED"] = False
+    if getattr(args, "no_keyboard", False):
+        values["KEYBOARD_ENABLED"] = False
+    if args.command == "demo":
+        return demo_config(values)
+    return build_config(values)
+
+
+class ProgressBar:
+    """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self._task = self._progress.add_task(label, total=None)
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, done: int, total: int, label: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"completed": done, "total": total}
+        if label:
+            kwargs["description"] = label
+        self._progress.update(self._task, **kwargs)
+
+
+def build_demo_data(config: Config) -> None:
+    from vsr_async.data.demo import build_demo_dataset
+
+    with ProgressBar("building demo dataset") as bar:
+        build_demo_dataset(
+            Path(config.DATASET_ROOT),
+            scale=config.SCALE,
+            num_frames=config.NUM_FRAMES,
+            progress=bar.update,
+        )
+
+
+def scan_with_progress(config: Config) -> Any:
+    from vsr_async.launch import scan
+
+    with ProgressBar("checking dataset") as bar:
+        return scan(config, progress=bar.update)
+
+
+def check(config: Config) -> int:
+    info = scan_with_progress(config)
+    print(f"config: ok ({len(config.to_dict())} keys)")
+    print(f"dataset: {info.describe() if hasattr(info, 'describe') else info}")
+    print(
+        f"model: N_FEATS={config.N_FEATS} N_BLOCKS={config.N_BLOCKS} "
+        f"NUM_FRAMES={config.NUM_FRAMES} SCALE=x{config.SCALE}"
+    )
+    print(f"batch: {config.BATCH_SIZE} x {config.ACCUMULATION_STEPS} accumulation")
+    print(f"run directory: {Path(config.DATA_ROOT).resolve()}")
+    return 0
+
+
+async def train(config: Config, args: argparse.Namespace) -> int:
+    from vsr_async.launch import build_run
+
+    info = scan_with_progress(config)
+    run = build_run(config, info)
+    if config.WEB_ENABLED:
+        from web.server import WebPanel
+
+        run.supervisor.add_service(WebPanel(run.supervisor, config, run.logging))
+    run.supervisor.install_signal_handlers()
+    return await run.execute()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = config_from_args(args)
+        if args.command == "check":
+            return check(config)
+        if args.command == "demo":
+            build_demo_data(config)
+        return asyncio.run(train(config, args))
+    except VsrError as exc:
+        print(f"vsr_async: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vsr_async: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Atomic, durable file writes: temp file in the same directory, fsync, rename, fsync the directory.
+
+A reader (or a crash, or `kill -9`) sees either the old complete file or the new complete file,
+plus at most a leftover temp file that `remove_stale_temps` deletes at the next start. The async
+variant writes through aiofiles so the event loop never blocks on the disk; the sync variant is
+for the I/O thread (checkpoints).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import aiofiles
+import aiofiles.os
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_path_for(target: Path) -> Path:
+    """A unique hidden temp name next to `target` (same directory, so rename is atomic)."""
+    return target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (the new directory entry reaches the disk)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path) -> Iterator[BinaryIO]:
+    """Yield a binary file; on a clean exit it replaces `target` atomically and durably.
+
+    On an exception the temp file is removed and `target` is untouched.
+    """
+    target = Path(target)
+    tmp = temp_path_for(target)
+    try:
+        with open(tmp, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_directory(target.parent)
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Blocking atomic write; call it from an I/O thread, never from the event loop."""
+    with atomic_writer(target) as handle:
+        handle.write(data)
+
+
+async def write_atomic_async(target: Path, data: bytes) -> None:
+    """Atomic write through aiofiles: every blocking call runs in an executor thread."""
+    target = Path(target)
+    tmp = temp_path_for(target)
+    try:
+        async with aiofiles.open(tmp, "wb") as handle:
+            await handle.write(data)
+            await handle.flush()
+            await aiofiles.os.wrap(os.fsync)(handle.fileno())
+        await aiofiles.os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            await aiofiles.os.remove(tmp)
+        raise
+    await aiofiles.os.wrap(fsync_directory)(target.parent)
+
+
+def remove_stale_temps(directory: Path, prefix: str = ".") -> list[Path]:
+    """Delete temp files that a crash left behind (names from `temp_path_for`); return them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        if path.name.startswith(prefix) and path.name.endswith(TEMP_SUFFIX) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

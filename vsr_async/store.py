@@ -1,0 +1,358 @@
+"""StatsStore: the single source of truth for what the panel, dashboard, download and Statistik
+files show. Written only from the event-loop thread; `snapshot()` is the one place where internal
+names become the contract's JSON keys (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from vsr_async.reports import StepResult, StepStats, ValidationResult
+
+SCHEMA_VERSION = 1
+HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def format_duration(seconds: float | None) -> str | None:
+    """`1d 02:03:04` / `02:03:04`; None while unknown (no step timed yet)."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    seconds = max(0, round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def finite_or_none(value: Any) -> Any:
+    """Deep copy of JSON-ready data with NaN/Infinity replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return copy.deepcopy(value)
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    step_max: int = 0
+    epoch: int = 0
+    epoch_step: int = 0
+    epoch_steps_total: int = 0
+    learning_rate: float | None = None
+    lr_phase: str | None = None
+
+
+@dataclass
+class Timing:
+    """Training-step time only: validation and pauses are not steps (ETA must not count them)."""
+
+    window: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    last_step_at: float | None = None
+
+    def step_done(self, now: float) -> None:
+        if self.last_step_at is not None:
+            self.window.append(now - self.last_step_at)
+        self.last_step_at = now
+
+    def interrupt(self) -> None:
+        """A pause or validation: the next step's duration starts when training resumes."""
+        self.last_step_at = None
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return sum(self.window) / len(self.window) if self.window else None
+
+
+@dataclass
+class ValidationState:
+    result: ValidationResult | None = None
+    step: int | None = None
+    trigger: str | None = None
+    count: int = 0
+    validated_at: str | None = None
+    running: bool = False
+    progress: float = 0.0
+    best_quality: float | None = None
+    best_step: int | None = None
+
+
+class StatsStore:
+    """Run state as typed fields; every snapshot key is derived from them in `snapshot()`."""
+
+    def __init__(self, *, run_id: str, step_max: int) -> None:
+        self.run_id = run_id
+        self.progress = Progress(step_max=step_max)
+        self.stats: StepStats | None = None  # latest logging-step numbers
+        self.timing = Timing()
+        self.validation = ValidationState()
+        self.training_active = False
+        self.training_paused = False
+        self.stopped = False
+        self.stop_reason: str | None = None
+        self.statistics_file: str | None = None
+        self.last_statistics_written: str | None = None
+        self.last_statistics_error: str | None = None
+        self.last_checkpoint: str | None = None
+        self.skipped_files: list[str] = []
+        self.pending_commands: list[str] = []
+        self.extra: dict[str, Any] = {}  # runtime facts set once (device, precision, batch plan)
+        self.config_live: dict[str, Any] = {}  # current values of the live-changeable keys
+        self.last_update_time = utc_now_iso()
+        self.loss_history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
+        self.quality_history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
+        self.version = 0
+        self._changed = asyncio.Event()
+
+    # --- change notification -------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        self.version += 1
+        self.last_update_time = utc_now_iso()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for_change(self, version: int, timeout: float | None = None) -> int:
+        """Return the store version once it differs from `version` (or after `timeout`)."""
+        if self.version != version:
+            return self.version
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+        return self.version
+
+    # --- writers (event-loop thread only) ------------------------------------------------------
+
+    def publish_step(self, result: StepResult, now: float | None = None) -> None:
+        p = self.progress
+        p.step, p.epoch = result.step, result.epoch
+        p.epoch_step, p.epoch_steps_total = result.epoch_step, result.epoch_steps_total
+        p.learning_rate, p.lr_phase = result.learning_rate, result.lr_phase
+        self.timing.step_done(time.monotonic() if now is None else now)
+        if result.skipped_files:
+            self.skipped_files.extend(result.skipped_files)
+        if result.stats is not None:
+            self.stats = result.stats
+            self.loss_history.append(
+                {
+                    "step": result.step,
+                    "total": result.stats.loss_total,
+                    "l1": result.stats.loss_l1,
+                    "ms": result.stats.loss_ms,
+                    "gradient": result.stats.loss_gradient,
+                    "perceptual": result.stats.loss_perceptual,
+                    "learning_rate": result.learning_rate,
+                    "grad_norm": result.stats.grad_norm,
+                }
+            )
+        self._touch()
+
+    def set_training(self, *, active: bool | None = None, paused: bool | None = None) -> None:
+        if active is not None:
+            self.training_active = active
+        if paused is not None:
+            self.training_paused = paused
+        if not self.training_active or self.training_paused:
+            self.timing.interrupt()
+        self._touch()
+
+    def validation_started(self, trigger: str) -> None:
+        self.validation.running = True
+        self.validation.progress = 0.0
+        self.validation.trigger = trigger
+        self.timing.interrupt()
+        self._touch()
+
+    def set_validation_progress(self, fraction: float) -> None:
+        self.validation.progress = min(max(fraction, 0.0), 1.0)
+        self._touch()
+
+    def validation_failed(self) -> None:
+        self.validation.running = False
+        self._touch()
+
+    def publish_validation(self, result: ValidationResult, *, step: int, trigger: str) -> bool:
+        """Record a finished validation; returns True if it set a new best quality."""
+        v = self.validation
+        v.result, v.step, v.trigger = result, step, trigger
+        v.count += 1
+        v.validated_at = utc_now_iso()
+        v.running, v.progress = False, 1.0
+        improved = v.best_quality is None or result.quality_ki > v.best_quality
+        if improved:
+            v.best_quality, v.best_step = result.quality_ki, step
+        self.statistics_file = statistics_name(step)
+        self.quality_history.append(
+            {
+                "step": step,
+                "quality_lr": result.quality_lr,
+                "quality_ki": result.quality_ki,
+                "improvement": result.quality_improvement,
+                "psnr_lr_db": result.psnr_lr_db,
+                "psnr_ki_db": result.psnr_ki_db,
+                "ssim_lr": result.ssim_lr,
+                "ssim_ki": result.ssim_ki,
+                "validation_loss": result.loss,
+            }
+        )
+        self._touch()
+        return improved
+
+    def restore_best(self, quality: float | None, step: int | None) -> None:
+        """Best quality survives restarts (read back from the checkpoint)."""
+        self.validation.best_quality, self.validation.best_step = quality, step
+        self._touch()
+
+    def statistics_written(self, name: str) -> None:
+        self.last_statistics_written = name
+        self.last_statistics_error = None
+        self._touch()
+
+    def statistics_failed(self, message: str) -> None:
+        self.last_statistics_error = message
+        self._touch()
+
+    def set_pending_commands(self, names: list[str]) -> None:
+        self.pending_commands = list(names)
+        self._touch()
+
+    def set_config_live(self, values: dict[str, Any]) -> None:
+        self.config_live = dict(values)
+        self._touch()
+
+    def set_extra(self, **values: Any) -> None:
+        self.extra.update(values)
+        self._touch()
+
+    def mark_stopped(self, reason: str) -> None:
+        self.stopped, self.stop_reason = True, reason
+        self.training_active = False
+        self._touch()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def eta_seconds(self) -> tuple[float | None, float | None]:
+        """(ETA of the run, ETA of the epoch) from training-step time only."""
+        sps = self.timing.seconds_per_step
+        if sps is None:
+            return None, None
+        p = self.progress
+        total = max(p.step_max - p.step, 0) * sps
+        epoch = max(p.epoch_steps_total - p.epoch_step, 0) * sps if p.epoch_steps_total else None
+        return total, epoch
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready deep copy of everything, in the contract's key names (DESIGN §3)."""
+        p, s, v = self.progress, self.stats, self.validation
+        r = v.result
+        eta_total, eta_epoch = self.eta_seconds()
+        adaptive = s.adaptive if s is not None else None
+        snap: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            # progress
+            "step_current": p.step,
+            "step_max": p.step_max,
+            "epoch_num": p.epoch,
+            "epoch_step_current": p.epoch_step,
+            "epoch_step_total": p.epoch_steps_total,
+            "learning_rate_value": p.learning_rate,
+            "lr_phase_name": p.lr_phase,
+            # losses (window means of unweighted components, read at the logging cadence)
+            "total_loss_value": s.loss_total if s else None,
+            "l1_loss_value": s.loss_l1 if s else None,
+            "ms_loss_value": s.loss_ms if s else None,
+            "gradient_loss_value": s.loss_gradient if s else None,
+            "perceptual_loss_value": s.loss_perceptual if s else None,
+            # weights
+            "l1_weight_current": s.weights.l1 if s else None,
+            "ms_weight_current": s.weights.ms if s else None,
+            "gradient_weight_current": s.weights.grad if s else None,
+            "perceptual_weight_current": s.weights.perceptual if s else None,
+            "gradient_clip_val": s.grad_clip if s else None,
+            "grad_norm_value": s.grad_norm if s else None,
+            # adaptive
+            "adaptive_mode": adaptive.mode if adaptive else None,
+            "adaptive_is_cooldown": adaptive.is_cooldown if adaptive else None,
+            "adaptive_cooldown_remaining": adaptive.cooldown_remaining if adaptive else None,
+            "adaptive_plateau_counter": adaptive.plateau_counter if adaptive else None,
+            "adaptive_lr_boost_available": adaptive.lr_boost_available if adaptive else None,
+            "adaptive_perceptual_trend": adaptive.perceptual_trend if adaptive else None,
+            # quality of the latest validation (fractions 0-1)
+            "quality_lr_value": r.quality_lr if r else None,
+            "quality_ki_value": r.quality_ki if r else None,
+            "quality_improvement_value": r.quality_improvement if r else None,
+            "quality_ki_to_gt_value": r.quality_ki_to_gt if r else None,
+            "quality_lr_to_gt_value": r.quality_lr_to_gt if r else None,
+            "validation_loss_value": r.loss if r else None,
+            "best_quality_ever": v.best_quality,
+            "best_quality_step": v.best_step,
+            # performance
+            "iteration_duration": self.timing.seconds_per_step,
+            "vram_usage_gb": s.vram_peak_gb if s else None,
+            "vram_reserved_gb": s.vram_reserved_gb if s else None,
+            "host_memory_gb": s.host_memory_gb if s else None,
+            "adam_momentum_avg": s.adam_momentum_avg if s else None,
+            "eta_total_formatted": format_duration(eta_total),
+            "eta_epoch_formatted": format_duration(eta_epoch),
+            "layer_activity_map": dict(s.activity) if s else {},
+            "nonfinite_steps_skipped": s.nonfinite_steps if s else 0,
+            "corrupt_files_skipped": len(self.skipped_files),
+            "corrupt_files": self.skipped_files[-20:],
+            # status
+            "training_active": self.training_active,
+            "validation_running": v.running,
+            "validation_progress": v.progress,
+            "training_paused": self.training_paused,
+            "training_stopped": self.stopped,
+            "stop_reason": self.stop_reason,
+            "pending_commands": self.pending_commands,
+            "last_update_time": self.last_update_time,
+            # validation
+            "validation_step": v.step,
+            "validation_trigger": v.trigger,
+            "validation_count": v.count,
+            "validated_at": v.validated_at,
+            "psnr_lr_db": r.psnr_lr_db if r else None,
+            "psnr_ki_db": r.psnr_ki_db if r else None,
+            "psnr_gain_db": r.psnr_gain_db if r else None,
+            "ssim_lr": r.ssim_lr if r else None,
+            "ssim_ki": r.ssim_ki if r else None,
+            "validation_images": [m.to_dict() for m in r.images] if r else [],
+            "validation_duration_s": r.duration_s if r else None,
+            "validation_used_ema": r.used_ema if r else None,
+            # files
+            "statistics_file": self.statistics_file,
+            "last_statistics_written": self.last_statistics_written,
+            "last_statistics_error": self.last_statistics_error,
+            "last_checkpoint": self.last_checkpoint,
+            "runtime": dict(self.extra),
+            "config_live": dict(self.config_live),
+        }
+        return finite_or_none(snap)
+
+    def history(self) -> dict[str, Any]:
+        return finite_or_none(
+            {"loss": list(self.loss_history), "quality": list(self.quality_history)}
+        )
+
+
+def statistics_name(step: int) -> str:
+    """`Statistik_<step>.json`, step not padded (DESIGN §4)."""
+    return f"Statistik_{step}.json"

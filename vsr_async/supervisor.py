@@ -1,0 +1,451 @@
+"""Supervisor: the event loop's owner of the run.
+
+It awaits training steps from the GPU worker, publishes their numbers to the store, executes
+queued commands at step boundaries, runs scheduled and requested validations, hands snapshots to
+the Statistik writer, and shuts down cleanly. Only the supervisor changes the run's `Phase`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from vsr_async import commands as cmd
+from vsr_async.commands import Phase, RequestStatus, Trigger, ValidationReport, ValidationRequest
+from vsr_async.errors import VsrError
+from vsr_async.live_config import check_live_changes, live_values
+from vsr_async.reports import StepResult, ValidationResult
+from vsr_async.statistics import StatisticsWriter
+from vsr_async.store import StatsStore
+from vsr_async.tensorboard import TensorBoardLogger
+from vsr_async.worker import GpuWorker
+
+log = logging.getLogger(__name__)
+
+MAX_REQUESTS_KEPT = 1000  # finished validation requests stay queryable (GET /api/requests/{id})
+SHUTDOWN_WRITE_TIMEOUT_S = 60.0
+
+
+class Service(Protocol):
+    """Something that lives as long as the run: the web panel, the keyboard, the dashboard."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class CommandNotAvailable(Exception):
+    """A command this run cannot carry out (e.g. a checkpoint before checkpoints exist)."""
+
+
+class Checkpointer(Protocol):
+    async def save(self, reason: str) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+def validation_due(step: int, every: int) -> bool:
+    return step > 0 and step % every == 0
+
+
+def checkpoint_due(step: int, every: int) -> bool:
+    return step > 0 and step % every == 0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        run_dir: Path,
+        worker: GpuWorker,
+        store: StatsStore,
+        statistics: StatisticsWriter,
+        tensorboard: TensorBoardLogger,
+        checkpointer: Checkpointer | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.worker = worker
+        self.store = store
+        self.statistics = statistics
+        self.tensorboard = tensorboard
+        self.checkpointer = checkpointer
+        self.phase = Phase.STARTING
+        self.commands: asyncio.Queue[cmd.Command] = asyncio.Queue()
+        self.requests: OrderedDict[str, ValidationRequest] = OrderedDict()
+        self.services: list[Service] = []
+        self.config_listeners: list[Callable[[Any, dict[str, Any], int], Awaitable[None]]] = []
+        self.validation_listeners: list[
+            Callable[[int, ValidationResult, bool], Awaitable[None]]
+        ] = []
+        self.exit_code = 0
+        self.stop_reason: str | None = None
+        self._queued_validation: ValidationRequest | None = None
+        self._pending_names: list[str] = []  # queued command names, shown as "queued"
+        self._paused_before_validation = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._signals_seen = 0
+        self._hard_exit_hooks: list[Callable[[], None]] = []
+        self.started = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    # --- producer API (keyboard, web, signals): enqueue only ---------------------------------
+
+    def _enqueue(self, command: cmd.Command) -> asyncio.Future[Any]:
+        self.commands.put_nowait(command)
+        self._pending_names.append(command.name)
+        self.store.set_pending_commands(self._pending_names)
+        return command.result
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def request_validation(self, trigger: Trigger | str) -> ValidationRequest:
+        """Ask for a validation; while one is queued and not started, the same request returns.
+
+        Await `request.result` for the `ValidationReport` (resolved once its Statistik file is
+        written).
+        """
+        if self.phase in (Phase.STOPPING, Phase.STOPPED):
+            raise CommandNotAvailable("the run is stopping")
+        queued = self._queued_validation
+        if queued is not None and queued.status is RequestStatus.QUEUED:
+            return queued
+        request = ValidationRequest(trigger=Trigger(trigger), result=self._future())
+        self._remember(request)
+        self._queued_validation = request
+        self._enqueue(cmd.RunValidation(result=self._future(), request=request))
+        return request
+
+    def request(self, request_id: str) -> ValidationRequest | None:
+        return self.requests.get(request_id)
+
+    def pause(self) -> asyncio.Future[Any]:
+        return self._enqueue(cmd.Pause(result=self._future()))
+
+    def resume(self) -> asyncio.Future[Any]:
+        return self._enqueue(cmd.Resume(result=self._future()))
+
+    def toggle_pause(self) -> asyncio.Future[Any]:
+        return self._enqueue(cmd.TogglePause(result=self._future()))
+
+    def save_checkpoint(self, reason: str = "requested") -> asyncio.Future[Any]:
+        return self._enqueue(cmd.SaveCheckpoint(result=self._future(), reason=reason))
+
+    def stop(self, reason: str = "requested") -> asyncio.Future[Any]:
+        return self._enqueue(cmd.Stop(result=self._future(), reason=reason))
+
+    def apply_config(self, changes: dict[str, Any]) -> asyncio.Future[Any]:
+        """Queue a validated live-config change; it takes effect at the next step boundary."""
+        return self._enqueue(cmd.ApplyConfig(result=self._future(), changes=dict(changes)))
+
+    @property
+    def checkpoints_available(self) -> bool:
+        return self.checkpointer is not None
+
+    def add_service(self, service: Service) -> None:
+        self.services.append(service)
+
+    def on_hard_exit(self, hook: Callable[[], None]) -> None:
+        """Run `hook` (e.g. restore the terminal) before a second Ctrl+C kills the process."""
+        self._hard_exit_hooks.append(hook)
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM stop at the next step boundary; a second SIGINT exits at once."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._on_signal, signal.SIGINT)
+        loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals_seen += 1
+        name = signal.Signals(signum).name
+        if self._signals_seen > 1 and signum == signal.SIGINT:
+            for hook in self._hard_exit_hooks:
+                with contextlib.suppress(Exception):
+                    hook()
+            os.write(2, b"\nvsr_async: second interrupt, exiting now (files stay whole)\n")
+            os._exit(130)
+        log.warning("%s received: stopping at the next step boundary (again to exit now)", name)
+        self.stop(reason=f"signal {name}")
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Train until MAX_STEPS, a stop command or a signal; returns the process exit code."""
+        try:
+            for service in self.services:
+                await service.start()
+            self.statistics.start()
+            if self.worker.engine is None:
+                await self.worker.start()  # model, optimizer and data, on the GPU thread
+            self.phase = Phase.RUNNING
+            self.store.set_config_live(live_values(self.config))
+            self.store.set_training(active=True, paused=False)
+            self.started.set()
+            await self._loop()
+        finally:
+            await self._shutdown()
+        return self.exit_code
+
+    async def _loop(self) -> None:
+        while self.phase is not Phase.STOPPING:
+            await self._handle_commands(block=self.phase is Phase.PAUSED)
+            if self.phase is not Phase.RUNNING:
+                continue
+            result = await self.worker.train_step()
+            self._publish_step(result)
+            step = result.step
+            if self.phase is Phase.RUNNING and validation_due(step, self.config.VAL_STEP_EVERY):
+                await self._run_validation(Trigger.SCHEDULE, None)
+            if checkpoint_due(step, self.config.SAVE_STEP_EVERY) and self.checkpointer is not None:
+                await self._save_checkpoint("schedule")
+            if step >= self.config.MAX_STEPS:
+                self._begin_stop(f"finished: MAX_STEPS={self.config.MAX_STEPS} reached")
+
+    def _publish_step(self, result: StepResult) -> None:
+        self.store.publish_step(result)
+        if result.stats is None:
+            return
+        stats = result.stats
+        sps = self.store.timing.seconds_per_step
+        self.tensorboard.log_step(result, sps)
+        log.info(
+            "step %d/%d  loss %.5f  lr %.2e (%s)  %s",
+            result.step,
+            self.config.MAX_STEPS,
+            stats.loss_total,
+            result.learning_rate,
+            result.lr_phase,
+            f"{1 / sps:.2f} it/s" if sps else "-- it/s",
+        )
+        if stats.nonfinite_streak >= self.config.NAN_LIMIT:
+            log.error(
+                "%d consecutive non-finite losses (NAN_LIMIT=%d): stopping with the last good "
+                "weights",
+                stats.nonfinite_streak,
+                self.config.NAN_LIMIT,
+            )
+            self.exit_code = 1
+            self._begin_stop(f"{stats.nonfinite_streak} consecutive non-finite losses")
+
+    def _begin_stop(self, reason: str) -> None:
+        if self.phase is not Phase.STOPPING:
+            self.stop_reason = reason
+            self.phase = Phase.STOPPING
+            log.info("stopping: %s", reason)
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def _handle_commands(self, *, block: bool) -> None:
+        """Execute queued commands; when `block` (paused), wait for at least one."""
+        pending: list[cmd.Command] = []
+        if block:
+            pending.append(await self.commands.get())
+        while not self.commands.empty():
+            pending.append(self.commands.get_nowait())
+        for command in pending:
+            self._pending_names.remove(command.name)
+            self.store.set_pending_commands(self._pending_names)
+            await self._execute(command)
+
+    async def _execute(self, command: cmd.Command) -> None:
+        try:
+            outcome = await self._dispatch(command)
+        except (CommandNotAvailable, VsrError) as exc:
+            if not command.result.done():
+                command.result.set_exception(exc)
+                command.result.exception()  # the producer may not be waiting; mark retrieved
+            return
+        if not command.result.done():
+            command.result.set_result(outcome)
+
+    async def _dispatch(self, command: cmd.Command) -> Any:
+        match command:
+            case cmd.RunValidation(request=request):
+                if self.phase is Phase.STOPPING:
+                    raise CommandNotAvailable("the run is stopping")
+                await self._run_validation(request.trigger, request)
+                return request.id
+            case cmd.Pause():
+                return self._set_paused(True)
+            case cmd.Resume():
+                return self._set_paused(False)
+            case cmd.TogglePause():
+                return self._set_paused(self.phase is not Phase.PAUSED)
+            case cmd.SaveCheckpoint(reason=reason):
+                return await self._save_checkpoint(reason)
+            case cmd.Stop(reason=reason):
+                self._begin_stop(reason)
+                return "stopping"
+            case cmd.ApplyConfig(changes=changes):
+                return await self._apply_config(changes)
+        raise CommandNotAvailable(f"unknown command {command.name}")
+
+    def _set_paused(self, paused: bool) -> str:
+        if self.phase is Phase.STOPPING:
+            raise CommandNotAvailable("the run is stopping")
+        self.phase = Phase.PAUSED if paused else Phase.RUNNING
+        self.store.set_training(paused=paused)
+        log.info(
+            "training %s at step %d", "paused" if paused else "resumed", self.store.progress.step
+        )
+        return "paused" if paused else "running"
+
+    async def _save_checkpoint(self, reason: str) -> str:
+        if self.checkpointer is None:
+            raise CommandNotAvailable("checkpoints are not available yet in this version")
+        name = await self.checkpointer.save(reason)
+        self.store.last_checkpoint = name
+        return name
+
+    async def _apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        new_config = check_live_changes(self.config, changes)  # again: state may have moved on
+        await self.worker.apply_config(new_config)
+        applied = {k: getattr(new_config, k) for k in changes}
+        self.config = new_config
+        self.store.set_config_live(live_values(new_config))
+        log.info("config changed at step %d: %s", self.store.progress.step, applied)
+        for listener in self.config_listeners:
+            await listener(new_config, applied, self.store.progress.step)
+        return applied
+
+    # --- validation ----------------------------------------------------------------------------
+
+    async def _run_validation(self, trigger: Trigger, request: ValidationRequest | None) -> None:
+        """Validate on the worker, publish to the store FIRST, then snapshot and hand it over."""
+        if request is not None:
+            request.status = RequestStatus.RUNNING
+            if self._queued_validation is request:
+                self._queued_validation = None
+        previous = self.phase
+        self.phase = Phase.VALIDATING
+        self.store.validation_started(trigger.value)
+        try:
+            result = await self.worker.validate(self.store.set_validation_progress)
+        except Exception as exc:
+            log.exception("validation failed")
+            self.store.validation_failed()
+            self.phase = previous
+            if request is not None:
+                request.status, request.error = RequestStatus.FAILED, str(exc)
+                if not request.result.done():
+                    request.result.set_exception(exc)
+                    request.result.exception()
+            return
+        step = self.store.progress.step
+        improved = self.store.publish_validation(result, step=step, trigger=trigger.value)
+        snapshot = self.store.snapshot()  # the results are in; training may go on after this
+        written = self.statistics.submit(step, snapshot)
+        self.phase = previous if self.phase is Phase.VALIDATING else self.phase
+        self.tensorboard.log_validation(step, result)
+        log.info(
+            "validation at step %d (%s): quality LR %.2f%% -> output %.2f%% (improvement "
+            "%+.2f%%), PSNR %.2f -> %.2f dB",
+            step,
+            trigger.value,
+            result.quality_lr * 100,
+            result.quality_ki * 100,
+            result.quality_improvement * 100,
+            result.psnr_lr_db,
+            result.psnr_ki_db,
+        )
+        for listener in self.validation_listeners:
+            await listener(step, result, improved)
+        if request is not None:
+            metrics = {
+                k: snapshot[k]
+                for k in (
+                    "quality_lr_value",
+                    "quality_ki_value",
+                    "quality_improvement_value",
+                    "psnr_lr_db",
+                    "psnr_ki_db",
+                    "ssim_lr",
+                    "ssim_ki",
+                    "validation_loss_value",
+                )
+            }
+            self._spawn(self._finish_request(request, step, metrics, written))
+
+    async def _finish_request(
+        self,
+        request: ValidationRequest,
+        step: int,
+        metrics: dict[str, Any],
+        written: asyncio.Future[Path],
+    ) -> None:
+        """Resolve a request once its Statistik file is on disk (or its write failed)."""
+        try:
+            path = await written
+            report = ValidationReport(step, request.trigger.value, metrics, path.name)
+        except OSError as exc:
+            report = ValidationReport(step, request.trigger.value, metrics, None, str(exc))
+        request.report, request.status = report, RequestStatus.DONE
+        if not request.result.done():
+            request.result.set_result(report)
+
+    def _remember(self, request: ValidationRequest) -> None:
+        self.requests[request.id] = request
+        while len(self.requests) > MAX_REQUESTS_KEPT:
+            self.requests.popitem(last=False)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Final checkpoint, flush statistics (bounded), close TensorBoard, stop services."""
+        reason = self.stop_reason or "interrupted"
+        self.phase = Phase.STOPPING
+        self.store.set_training(active=False)
+        started = time.monotonic()
+        if self.checkpointer is not None and self.worker.engine is not None:
+            try:
+                await self._save_checkpoint("shutdown")
+            except Exception:
+                log.exception("final checkpoint failed")
+        if not await self.statistics.close(SHUTDOWN_WRITE_TIMEOUT_S):
+            log.error("statistics not written for steps %s", self.statistics.pending_steps)
+            self.exit_code = self.exit_code or 1
+        if self._background:
+            await asyncio.wait(self._background, timeout=SHUTDOWN_WRITE_TIMEOUT_S)
+        self._fail_leftover_commands()
+        await asyncio.to_thread(self.tensorboard.close)
+        if self.checkpointer is not None:
+            await self.checkpointer.close()
+        await self.worker.close()
+        self.store.mark_stopped(reason)
+        self.phase = Phase.STOPPED
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
+        log.info("run stopped (%s) after %.1f s of shutdown", reason, time.monotonic() - started)
+        self.finished.set()
+
+    def _fail_leftover_commands(self) -> None:
+        while not self.commands.empty():
+            command = self.commands.get_nowait()
+            self._pending_names.remove(command.name)
+            if isinstance(command, cmd.RunValidation):
+                command.request.status = RequestStatus.FAILED
+                command.request.error = "the run stopped before this validation started"
+                if not command.request.result.done():
+                    command.request.result.set_exception(CommandNotAvailable("run stopped"))
+                    command.request.result.exception()
+            if not command.result.done():
+                command.result.set_exception(CommandNotAvailable("the run stopped"))
+                command.result.exception()
