@@ -1,0 +1,68 @@
+"""Which layout a dataset folder uses, and the one entry point that checks a dataset.
+
+Everything a user can get wrong in a dataset is found here, before the first step, as a
+`DatasetError` that names the file or folder; training itself only meets files that broke later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from vsr_async.data.info import DatasetInfo, LayoutName
+from vsr_async.data.listing import ScanProgress
+from vsr_async.data.scan_frames import scan_frame_layout
+from vsr_async.data.scan_patches import scan_patch_layout
+from vsr_async.errors import DatasetError
+
+__all__ = ["DatasetInfo", "detect_layout", "scan_dataset"]
+
+
+def detect_layout(root: Path | str) -> LayoutName:
+    """The layout of `root`: "patches" if it has Patches/, "frames" if it has GT/; else an error."""
+    root = Path(root)
+    if not root.is_dir():
+        what = "is a file, expected a folder" if root.exists() else "does not exist"
+        raise DatasetError(root, f"dataset folder {what}")
+    has_patches, has_frames = (root / "Patches").is_dir(), (root / "GT").is_dir()
+    if has_patches and has_frames:
+        raise DatasetError(
+            root,
+            'holds both Patches/ and GT/; set DATASET_LAYOUT to "patches" or "frames"',
+        )
+    if has_patches:
+        return "patches"
+    if has_frames:
+        return "frames"
+    raise DatasetError(
+        root,
+        "is not a dataset: expected Patches/GT and Patches/LR (patch layout) "
+        "or GT/<clip>/<frame>.png (frame-folder layout), each with Val/ beside it",
+    )
+
+
+def scan_dataset(
+    root: Path | str,
+    layout: LayoutName | Literal["auto"],
+    num_frames: int,
+    scale: int,
+    gt_patch_size: int,
+    progress: ScanProgress | None = None,
+    *,
+    val_max_images: int = 0,
+) -> DatasetInfo:
+    """Check a whole dataset (headers of training files, full decode of validation files).
+
+    `progress(done, total)` is called while files are checked. `val_max_images` > 0 checks and
+    keeps only the first that many validation images (VAL_MAX_IMAGES).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(root, "dataset folder does not exist")
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout == "patches":
+        return scan_patch_layout(root, num_frames, scale, progress, val_max_images)
+    if layout == "frames":
+        return scan_frame_layout(root, num_frames, scale, gt_patch_size, progress, val_max_images)
+    raise ValueError(f"unknown dataset layout {layout!r}")

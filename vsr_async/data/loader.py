@@ -1,0 +1,164 @@
+"""Batches for the GPU worker: the training loader and the datasets built from a scan.
+
+Workers are started with "forkserver" (or "spawn"), never "fork": the parent runs the event
+loop, the GPU thread and the web server, and forking a process with threads can deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from config import Config
+from vsr_async.data.frames import FrameTrainDataset, FrameValDataset
+from vsr_async.data.info import Clip, DatasetInfo, PatchPair
+from vsr_async.data.patches import PatchTrainDataset, PatchValDataset
+from vsr_async.data.sampler import ResumableSampler
+from vsr_async.data.skipping import SkippingDataset, TrainSample
+from vsr_async.data.validation_set import ValidationSet
+from vsr_async.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+PREFETCH_BATCHES_PER_WORKER = 4
+
+
+@dataclass
+class TrainBatch:
+    """One micro-batch: lr [B, T, 3, h, w], gt [B, 3, H, W], and files skipped to make it."""
+
+    lr: torch.Tensor
+    gt: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
+
+    def pin_memory(self) -> TrainBatch:
+        """Called by DataLoader(pin_memory=True) in its pinning thread."""
+        return TrainBatch(self.lr.pin_memory(), self.gt.pin_memory(), self.skipped)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainBatch:
+        return TrainBatch(
+            self.lr.to(device, non_blocking=non_blocking),
+            self.gt.to(device, non_blocking=non_blocking),
+            self.skipped,
+        )
+
+
+def collate_train(samples: Sequence[TrainSample]) -> TrainBatch:
+    """Stack samples; in a worker, `default_collate` stacks straight into shared memory."""
+    lrs, gts, skipped = zip(*samples, strict=True)
+    return TrainBatch(
+        default_collate(list(lrs)), default_collate(list(gts)), [p for s in skipped for p in s]
+    )
+
+
+class TrainLoader(DataLoader):
+    """A DataLoader that logs skipped files once each, in the main process.
+
+    Workers have no logging set up, so the warning is written here, where the run's log goes.
+    `skipped_counts` holds how often each file was skipped.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped_counts: Counter[str] = Counter()
+
+    def __iter__(self) -> Iterator[TrainBatch]:
+        try:
+            for batch in super().__iter__():
+                for path in batch.skipped:
+                    if path not in self.skipped_counts:
+                        log.warning(
+                            "skipped unreadable training file %s (using another sample)", path
+                        )
+                    self.skipped_counts[path] += 1
+                yield batch
+        except RuntimeError as exc:
+            error = _dataset_error_from_worker(exc)
+            if error is None:
+                raise
+            raise error from None
+
+
+def _dataset_error_from_worker(exc: RuntimeError) -> DatasetError | None:
+    """The DatasetError a worker raised, rebuilt from torch's re-raise.
+
+    torch re-raises a worker's exception by calling its class with the traceback text, which
+    DatasetError(path, message) cannot take, so it arrives as a RuntimeError; the user should
+    read the one-line DatasetError instead (the same text: "dataset <path>: <message>").
+    """
+    prefix = f"{DatasetError.__module__}.{DatasetError.__qualname__}: dataset "
+    lines = [line for line in str(exc).splitlines() if line.startswith(prefix)]
+    if not lines:
+        return None
+    path, _, message = lines[-1].removeprefix(prefix).partition(": ")
+    return DatasetError(path, message)
+
+
+def build_train_loader(
+    dataset: SkippingDataset,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    seed: int,
+    start_epoch: int = 0,
+    start_index: int = 0,
+) -> TrainLoader:
+    """An endless loader of TrainBatch, resuming at (start_epoch, start_index).
+
+    Batches are the same for any `num_workers`: every random choice comes from the sampler's
+    per-sample seed. Pinning is used only where a CUDA device can use it.
+    """
+    sampler = ResumableSampler(len(dataset), seed, start_epoch, start_index)
+    workers = {}
+    if num_workers > 0:
+        workers = dict(
+            multiprocessing_context=_worker_start_method(),
+            persistent_workers=True,
+            prefetch_factor=PREFETCH_BATCHES_PER_WORKER,
+        )
+    return TrainLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        collate_fn=collate_train,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        **workers,
+    )
+
+
+def build_datasets(config: Config, info: DatasetInfo) -> tuple[SkippingDataset, ValidationSet]:
+    """The training and validation datasets of a scanned dataset, honoring VAL_MAX_IMAGES."""
+    if (info.num_frames, info.scale) != (config.NUM_FRAMES, config.SCALE):
+        raise ValueError(
+            f"dataset was scanned for NUM_FRAMES={info.num_frames}, SCALE={info.scale}, "
+            f"config has NUM_FRAMES={config.NUM_FRAMES}, SCALE={config.SCALE}"
+        )
+    val_items = info.val_items
+    if config.VAL_MAX_IMAGES:
+        val_items = val_items[: config.VAL_MAX_IMAGES]
+    if info.layout == "patches":
+        pairs = cast(tuple[PatchPair, ...], info.train_items)
+        val_pairs = cast(tuple[PatchPair, ...], val_items)
+        return (
+            PatchTrainDataset(pairs, info.num_frames, info.scale),
+            PatchValDataset(val_pairs, info.num_frames, info.scale),
+        )
+    clips = cast(tuple[Clip, ...], info.train_items)
+    windows = cast(tuple[Clip, ...], val_items)
+    return (
+        FrameTrainDataset(clips, info.num_frames, info.scale, info.train_gt_size[0]),
+        FrameValDataset(windows, info.num_frames, info.scale),
+    )
+
+
+def _worker_start_method() -> str:
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
