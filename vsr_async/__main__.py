@@ -176,7 +176,7 @@ async def train(config: Config, args: argparse.Namespace) -> int:
     from vsr_async.launch import build_run
 
     info = scan_with_progress(config)
-    run = build_run(config, info)
+    run = build_run(config, info, resume=args.resume)
     if config.WEB_ENABLED:
         from web.server import WebPanel
 

@@ -1,8 +1,8 @@
 """TrainingEngine: the model, optimizer, data and one optimizer step, as plain synchronous code.
 
 It runs only on the GPU worker thread (worker.py is the bridge) and knows nothing of asyncio,
-HTTP or files. A step returns device tensors folded into on-device accumulators; Python numbers
-are made only on logging steps (LOG_TBOARD_EVERY), the one deliberate device→host sync.
+HTTP or files. A step folds device tensors into on-device sums; Python numbers are made only on
+logging steps (LOG_TBOARD_EVERY), the one deliberate device→host sync.
 """
 
 from __future__ import annotations
@@ -11,26 +11,25 @@ import contextlib
 import logging
 import os
 import resource
-import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from vsr_async.adaptive import AdaptiveSystem
 from vsr_async.data.loader import TrainBatch, build_datasets, build_train_loader
+from vsr_async.ema import EmaWeights
 from vsr_async.losses import LossComputer
-from vsr_async.metrics import psnr, quality, ssim
 from vsr_async.model import VSRNet
 from vsr_async.precision import PrecisionPlan, precision_for, resolve_device
-from vsr_async.reports import ImageMetrics, StepResult, StepStats, ValidationResult
+from vsr_async.reports import StepResult, StepStats, ValidationResult
+from vsr_async.rng import capture_rng, restore_rng
 from vsr_async.schedule import LRSchedule
+from vsr_async.step_window import StepWindow
+from vsr_async.validation import run_validation
 
 log = logging.getLogger(__name__)
-
-STRIP_IMAGES = 8  # validation images that get an LR | output | GT strip (panel, TensorBoard)
 
 
 def host_memory_gb() -> float:
@@ -42,15 +41,26 @@ def host_memory_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def bicubic_upscale(frame: Tensor, scale: int) -> Tensor:
-    """The "LR" reference: bicubic upscaling of the centre LR frame, [B,3,h,w] → [B,3,H,W]."""
-    return F.interpolate(frame, scale_factor=scale, mode="bicubic", align_corners=False)
+def cpu_copy(value: Any) -> Any:
+    """A detached CPU copy of every tensor in a nested state (taken on the GPU thread)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_copy(v) for v in value)
+    return value
 
 
-def to_strip(lr_up: Tensor, sr: Tensor, gt: Tensor) -> Any:
-    """LR | output | GT side by side as uint8 HxWx3 (numpy), for the panel and TensorBoard."""
-    row = torch.cat([lr_up, sr, gt], dim=-1)[0].clamp(0, 1)  # [3, H, 3W]
-    return (row * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+@dataclass(frozen=True)
+class Resumed:
+    """What a resumed engine continues from (the supervisor restores the store from it)."""
+
+    step: int
+    run_id: str
+    best_quality: float | None
+    best_step: int | None
+    validation_count: int
 
 
 class TrainingEngine:
@@ -63,12 +73,14 @@ class TrainingEngine:
         torch.manual_seed(config.SEED)
         self.channels_last = config.CHANNELS_LAST and self.device.type == "cuda"
 
-        # model and optimizer
+        # model, EMA, optimizer
         self.model = VSRNet(config.N_FEATS, config.N_BLOCKS, config.NUM_FRAMES, config.SCALE)
         self.model.gradient_checkpointing = config.GRADIENT_CHECKPOINTING
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if config.COMPILE else self.model
+        self.ema = EmaWeights(self.model, config.EMA_DECAY) if config.EMA_DECAY > 0 else None
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=config.MAX_LR,
@@ -88,15 +100,8 @@ class TrainingEngine:
         self.samples_consumed = 0
         self.step = 0  # optimizer steps completed
         self._batches = self._open_loader()
-
-        # on-device accumulators, read and reset at the logging cadence
-        self._zero = torch.zeros((), device=self.device)
-        self._term_sum = torch.zeros(5, device=self.device)  # total, l1, ms, gradient, perceptual
-        self._grad_norm_sum = torch.zeros((), device=self.device)
-        self._nonfinite_total = torch.zeros((), device=self.device)
-        self._nonfinite_streak = torch.zeros((), device=self.device)
-        self._window_nonfinite = torch.zeros((), device=self.device)
-        self._window_steps = 0
+        self.window = StepWindow(self.device)
+        self.resumed: Resumed | None = None
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -109,17 +114,17 @@ class TrainingEngine:
 
     def _open_loader(self) -> Iterator[TrainBatch]:
         n = len(self.train_set)
-        loader = build_train_loader(
-            self.train_set,
-            batch_size=self.config.BATCH_SIZE,
-            num_workers=self.config.NUM_WORKERS,
-            pin_memory=self.config.PIN_MEMORY and self.device.type == "cuda",
-            seed=self.config.SEED,
-            start_epoch=self.samples_consumed // n,
-            start_index=self.samples_consumed % n,
+        return iter(
+            build_train_loader(
+                self.train_set,
+                batch_size=self.config.BATCH_SIZE,
+                num_workers=self.config.NUM_WORKERS,
+                pin_memory=self.config.PIN_MEMORY and self.device.type == "cuda",
+                seed=self.config.SEED,
+                start_epoch=self.samples_consumed // n,
+                start_index=self.samples_consumed % n,
+            )
         )
-        self._loader = loader
-        return iter(loader)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = self.precision.autocast_dtype
@@ -142,8 +147,7 @@ class TrainingEngine:
         return max(len(self.train_set) // self.samples_per_step, 1)
 
     def _progress(self) -> tuple[int, int]:
-        n = len(self.train_set)
-        epoch, within = divmod(self.samples_consumed, n)
+        epoch, within = divmod(self.samples_consumed, len(self.train_set))
         return epoch, within // self.samples_per_step
 
     def is_logging_step(self, step: int) -> bool:
@@ -153,7 +157,7 @@ class TrainingEngine:
     # --- one optimizer step --------------------------------------------------------------------
 
     def train_step(self) -> StepResult:
-        cfg, model = self.config, self.model
+        cfg = self.config
         step_index = self.step  # 0-based index of the step being taken
         logging_step = self.is_logging_step(step_index + 1)
         lr = self.schedule.lr(step_index)
@@ -162,46 +166,39 @@ class TrainingEngine:
         weights = self.adaptive.weights
         accumulation = cfg.ACCUMULATION_STEPS
 
-        model.train()
-        model.track_activity = logging_step
+        self.model.train()
+        self.model.track_activity = logging_step
         self.optimizer.zero_grad(set_to_none=True)
         skipped: list[str] = []
-        terms_sum = torch.zeros(5, device=self.device)
+        terms = torch.zeros(5, device=self.device)  # total, l1, ms, gradient, perceptual
         for _ in range(accumulation):
             batch = next(self._batches)
             skipped.extend(batch.skipped)
             batch = batch.to(self.device, non_blocking=True)
-            lr_frames, gt = batch.lr, batch.gt
             with self._autocast():
-                sr = model(lr_frames)
-            total, terms = self.loss(sr, gt, weights)
+                sr = self.forward(batch.lr)  # [B, 3, H, W]
+            total, components = self.loss(sr, batch.gt, weights)
             self.scaler.scale(total / accumulation).backward()
-            terms_sum += torch.cat([total.detach().reshape(1), terms.detach()])
+            terms += torch.cat([total.detach().reshape(1), components])
         self.samples_consumed += self.samples_per_step
 
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), max_norm=self.adaptive.grad_clip, foreach=True
+            self.model.parameters(), max_norm=self.adaptive.grad_clip, foreach=True
         )
-        finite = torch.isfinite(terms_sum[0]) & torch.isfinite(grad_norm)
-        found_inf = (~finite).float()
+        finite = torch.isfinite(terms[0]) & torch.isfinite(grad_norm)
         if self.scaler.is_enabled():
             self.scaler.step(self.optimizer)  # skips on its own found_inf (no extra sync)
             self.scaler.update()
         else:
             # The fused optimizer skips the update on the device when found_inf is 1.
             self.optimizer.grad_scale = None
-            self.optimizer.found_inf = found_inf
+            self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         self.step += 1
-
-        # fold into on-device accumulators (a non-finite step does not pollute the means)
-        self._term_sum += torch.where(finite, terms_sum / accumulation, self._zero)
-        self._grad_norm_sum += torch.where(finite, grad_norm.float(), self._zero)
-        self._nonfinite_total += found_inf
-        self._nonfinite_streak = (self._nonfinite_streak + found_inf) * found_inf
-        self._window_nonfinite += found_inf
-        self._window_steps += 1
+        self.window.add(terms / accumulation, grad_norm, finite)
 
         epoch, epoch_step = self._progress()
         return StepResult(
@@ -213,116 +210,113 @@ class TrainingEngine:
             lr_phase=self.schedule.phase(step_index),
             skipped_files=tuple(skipped),
             stats=self._read_stats() if logging_step else None,
+            histograms=self._histograms() if self.step % cfg.HIST_STEP_EVERY == 0 else None,
         )
 
     def _read_stats(self) -> StepStats:
-        """The logging-cadence sync: one transfer of every accumulator, then reset."""
-        momentum_sum, momentum_count = self._zero.clone(), 0
+        """The logging-cadence sync: one transfer of every window sum, then a new window."""
+        momentum_sum, momentum_count = torch.zeros((), device=self.device), 0
         for state in self.optimizer.state.values():
             if "exp_avg" in state:
                 momentum_sum += state["exp_avg"].abs().sum()
                 momentum_count += state["exp_avg"].numel()
-        packed = torch.cat(
-            [
-                self._term_sum,
-                self._grad_norm_sum.reshape(1),
-                self._nonfinite_total.reshape(1),
-                self._nonfinite_streak.reshape(1),
-                self._window_nonfinite.reshape(1),
-                momentum_sum.reshape(1),
-            ]
-        )
-        values = packed.tolist()  # device→host sync (logging cadence only)
+        means = self.window.read(extra=[momentum_sum])
         activity = self.model.read_activity(reset=True)
         self.model.track_activity = False
-        total_nonfinite, streak = int(values[6]), int(values[7])
-        finite_steps = max(self._window_steps - int(values[8]), 1)
-        means = [v / finite_steps for v in values[:6]]
-        self._term_sum.zero_()
-        self._grad_norm_sum.zero_()
-        self._window_nonfinite.zero_()
-        self._window_steps = 0
         vram_peak = vram_reserved = None
         if self.device.type == "cuda":
             vram_peak = torch.cuda.max_memory_allocated(self.device) / 1e9
             vram_reserved = torch.cuda.memory_reserved(self.device) / 1e9
+        total, l1, ms, gradient, perceptual = means.terms
         return StepStats(
-            loss_total=means[0],
-            loss_l1=means[1],
-            loss_ms=means[2],
-            loss_gradient=means[3],
-            loss_perceptual=means[4],
-            grad_norm=means[5],
+            loss_total=total,
+            loss_l1=l1,
+            loss_ms=ms,
+            loss_gradient=gradient,
+            loss_perceptual=perceptual,
+            grad_norm=means.grad_norm,
             weights=self.adaptive.weights,
             grad_clip=float(self.adaptive.grad_clip),
             adaptive=self.adaptive.report(),
             activity=activity,
-            adam_momentum_avg=values[9] / max(momentum_count, 1),
+            adam_momentum_avg=means.extra[0] / max(momentum_count, 1),
             vram_peak_gb=vram_peak,
             vram_reserved_gb=vram_reserved,
             host_memory_gb=host_memory_gb(),
-            nonfinite_steps=total_nonfinite,
-            nonfinite_streak=streak,
+            nonfinite_steps=means.nonfinite_total,
+            nonfinite_streak=means.nonfinite_streak,
         )
+
+    def _histograms(self) -> dict[str, Any]:
+        """Weight values for TensorBoard histograms (HIST_STEP_EVERY; a deliberate copy)."""
+        return {
+            name: p.detach().float().flatten().cpu().numpy()
+            for name, p in self.model.named_parameters()
+        }
 
     # --- validation ----------------------------------------------------------------------------
 
-    def validation_model(self) -> torch.nn.Module:
-        return self.model
-
-    @torch.inference_mode()
     def validate(self, progress: Callable[[float], None] = lambda f: None) -> ValidationResult:
-        """PSNR/SSIM/quality of bicubic and output against the GT for every validation image."""
-        started = time.perf_counter()
-        model = self.validation_model()
-        was_training = model.training
-        model.eval()
-        model.track_activity = False
-        scale, centre = self.config.SCALE, self.config.NUM_FRAMES // 2
-        images, strips, losses = [], [], []
-        count = len(self.val_set)
-        try:
-            for i in range(count):
-                name, lr_frames, gt = self.val_set[i]
-                lr_frames = lr_frames.unsqueeze(0).to(self.device)  # [1, T, 3, h, w]
-                gt = gt.unsqueeze(0).to(self.device)  # [1, 3, H, W]
-                with self._autocast():
-                    sr = model(lr_frames)
-                sr = sr.float().clamp(0, 1)
-                lr_up = bicubic_upscale(lr_frames[:, centre].float(), scale).clamp(0, 1)
-                p_lr, p_ki = psnr(lr_up, gt)[0], psnr(sr, gt)[0]
-                s_lr, s_ki = ssim(lr_up, gt)[0], ssim(sr, gt)[0]
-                l1 = F.l1_loss(sr, gt)
-                values = torch.stack([p_lr, p_ki, s_lr, s_ki, l1]).tolist()  # one sync per image
-                p_lr_v, p_ki_v, s_lr_v, s_ki_v, l1_v = values
-                images.append(
-                    ImageMetrics(
-                        name=name,
-                        psnr_lr_db=p_lr_v,
-                        psnr_ki_db=p_ki_v,
-                        ssim_lr=s_lr_v,
-                        ssim_ki=s_ki_v,
-                        quality_lr=float(quality(p_lr_v, s_lr_v)),
-                        quality_ki=float(quality(p_ki_v, s_ki_v)),
-                    )
-                )
-                losses.append(l1_v)
-                if i < STRIP_IMAGES:
-                    strips.append(to_strip(lr_up, sr, gt))
-                progress((i + 1) / count)
-        finally:
-            model.train(was_training)
+        """Validate with the EMA weights when EMA is on, else the live weights."""
+        model = self.ema.model if self.ema is not None else self.model
+        self.model.track_activity = False
+        result = run_validation(
+            model,
+            self.val_set,
+            device=self.device,
+            scale=self.config.SCALE,
+            num_frames=self.config.NUM_FRAMES,
+            autocast=self._autocast,
+            progress=progress,
+            used_ema=self.ema is not None,
+        )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # vram_usage_gb: peak since last val
-        return ValidationResult(
-            images=tuple(images),
-            loss=sum(losses) / len(losses),
-            duration_s=time.perf_counter() - started,
-            used_ema=model is not self.model,
-            strips=tuple(strips),
+        return result
+
+    # --- checkpoint state ----------------------------------------------------------------------
+
+    def capture_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly, as CPU copies (syncs: checkpoint time only)."""
+        return {
+            "format_version": 1,
+            "step": self.step,
+            "samples_consumed": self.samples_consumed,
+            "config": self.config.to_dict(),
+            "model": cpu_copy(self.model.state_dict()),
+            "ema": cpu_copy(self.ema.state_dict()) if self.ema is not None else None,
+            "optimizer": cpu_copy(self.optimizer.state_dict()),
+            "scaler": cpu_copy(self.scaler.state_dict()),
+            "schedule": self.schedule.state_dict(),
+            "adaptive": cpu_copy(self.adaptive.state_dict()),
+            "window": cpu_copy(self.window.state_dict()),
+            "rng": capture_rng(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint (already verified and shape-checked by the caller)."""
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.adaptive.load_state_dict(state["adaptive"])
+        self.window.load_state_dict(state["window"])
+        restore_rng(state["rng"])
+        self.step = int(state["step"])
+        self.samples_consumed = int(state["samples_consumed"])
+        self._batches = self._open_loader()  # the sampler continues where the run stopped
+        self.adaptive.on_resume(self.step)
+        self.resumed = Resumed(
+            step=self.step,
+            run_id=state["run_id"],
+            best_quality=state.get("best_quality"),
+            best_step=state.get("best_step"),
+            validation_count=int(state.get("validation_count") or 0),
         )
 
     def close(self) -> None:
         """Stop loader workers (persistent workers otherwise outlive the run)."""
         self._batches = iter(())
-        self._loader = None

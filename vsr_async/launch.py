@@ -15,8 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vsr_async.errors import ConfigError
-from vsr_async.live_config import LiveConfigRecorder
+from vsr_async.checkpoints import (
+    CHECKPOINT_DIR,
+    CheckpointWriter,
+    check_compatible,
+    find_resume_checkpoint,
+    load_checkpoint,
+)
+from vsr_async.errors import CheckpointError, ConfigError
+from vsr_async.live_config import LiveConfigRecorder, load_runtime_config
 from vsr_async.logs import RunLogging
 from vsr_async.statistics import StatisticsWriter, remove_stale_statistics_temps
 from vsr_async.store import StatsStore
@@ -73,11 +80,10 @@ def scan(config: Any, progress: ProgressCallback | None = None) -> Any:
 
 @dataclass
 class Run:
-    """Everything one run is made of; `supervisor.run()` drives it."""
+    """Everything one run is made of; `execute()` drives it."""
 
     config: Any
     run_dir: Path
-    run_id: str
     store: StatsStore
     supervisor: Supervisor
     logging: RunLogging
@@ -89,29 +95,87 @@ class Run:
             self.logging.close()
 
 
-def build_run(config: Any, dataset_info: Any, *, console_log: bool = True) -> Run:
-    """Wire a run together (cheap: the model is built later, on the GPU thread)."""
+def has_run(directory: Path) -> bool:
+    """Whether a directory already holds a run's files (never overwritten by a fresh start)."""
+    if not directory.is_dir():
+        return False
+    return any((directory / CHECKPOINT_DIR).glob("*.pt")) or any(directory.glob("Statistik_*.json"))
+
+
+def fresh_run_dir(config: Any) -> Any:
+    """--resume never: keep DATA_ROOT if it holds no run, else a new sibling directory."""
+    base = Path(config.DATA_ROOT).expanduser().resolve()
+    if not has_run(base):
+        return config
+    fresh = base.with_name(f"{base.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    log.warning("%s holds an earlier run (kept untouched); this run writes to %s", base, fresh)
+    return config.replace({"DATA_ROOT": str(fresh)})
+
+
+def resume_source(config: Any, resume: str) -> Path | None:
+    """Which checkpoint to continue from: None for a fresh start, else a file or folder."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return Path(config.DATA_ROOT).expanduser().resolve() / CHECKPOINT_DIR
+    path = Path(resume).expanduser()
+    if not path.is_file():
+        raise CheckpointError(path, "no such file (--resume takes auto, never or a file)")
+    return path
+
+
+def make_engine(config: Any, dataset_info: Any, source: Path | None) -> Any:
+    """Build the engine on the GPU thread and, when resuming, load the checkpoint there too."""
     from vsr_async.engine import TrainingEngine
 
+    engine = TrainingEngine(config, dataset_info)
+    if source is None:
+        return engine
+    if source.is_dir():
+        found = find_resume_checkpoint(source, config)
+        if found is None:
+            log.info("no checkpoint in %s: starting a new run", source)
+            return engine
+        path, state = found
+    else:
+        path, state = source, load_checkpoint(source)
+        check_compatible(state, config, path)
+    engine.load_state(state)
+    log.info("continuing from %s (step %d)", path, engine.step)
+    return engine
+
+
+def build_run(
+    config: Any, dataset_info: Any, *, resume: str = "auto", console_log: bool = True
+) -> Run:
+    """Wire a run together (cheap: the model is built later, on the GPU thread)."""
+    if resume == "never":
+        config = fresh_run_dir(config)
+    source = resume_source(config, resume)
     run_dir = prepare_run_dir(config)
     run_logging = RunLogging(run_dir, console=console_log)
-    run_id = new_run_id()
-    store = StatsStore(run_id=run_id, step_max=config.MAX_STEPS)
+    if source is not None:
+        config = load_runtime_config(run_dir, config)
+    store = StatsStore(run_id=new_run_id(), step_max=config.MAX_STEPS)
     statistics = StatisticsWriter(
         run_dir, on_written=store.statistics_written, on_error=store.statistics_failed
     )
-    worker = GpuWorker(lambda: TrainingEngine(config, dataset_info))
+    worker = GpuWorker(lambda: make_engine(config, dataset_info, source))
+    tensorboard = TensorBoardLogger(run_dir / "tensorboard")
+    checkpointer = CheckpointWriter(run_dir, worker, store, config)
     supervisor = Supervisor(
         config,
         run_dir=run_dir,
         worker=worker,
         store=store,
         statistics=statistics,
-        tensorboard=TensorBoardLogger(run_dir / "tensorboard"),
+        tensorboard=tensorboard,
+        checkpointer=checkpointer,
     )
-    supervisor.config_listeners.append(LiveConfigRecorder(run_dir, supervisor.tensorboard))
-    log.info("run %s in %s", run_id, run_dir)
-    return Run(config, run_dir, run_id, store, supervisor, run_logging)
+    supervisor.config_listeners.append(LiveConfigRecorder(run_dir, tensorboard))
+    supervisor.validation_listeners.append(checkpointer.on_validation)
+    log.info("run directory %s", run_dir)
+    return Run(config, run_dir, store, supervisor, run_logging)
 
 
 async def scan_async(config: Any, progress: ProgressCallback | None = None) -> Any:

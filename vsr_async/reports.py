@@ -79,6 +79,7 @@ class StepResult:
     lr_phase: str
     skipped_files: tuple[str, ...] = ()
     stats: StepStats | None = None
+    histograms: dict[str, Any] | None = field(default=None, repr=False)  # HIST_STEP_EVERY
 
 
 @dataclass(frozen=True)

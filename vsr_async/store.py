@@ -214,9 +214,20 @@ class StatsStore:
         self._touch()
         return improved
 
-    def restore_best(self, quality: float | None, step: int | None) -> None:
-        """Best quality survives restarts (read back from the checkpoint)."""
-        self.validation.best_quality, self.validation.best_step = quality, step
+    def restore(
+        self,
+        *,
+        run_id: str,
+        step: int,
+        best_quality: float | None,
+        best_step: int | None,
+        validation_count: int,
+    ) -> None:
+        """A resumed run continues its identity, step and best quality (from the checkpoint)."""
+        self.run_id = run_id
+        self.progress.step = step
+        self.validation.best_quality, self.validation.best_step = best_quality, best_step
+        self.validation.count = validation_count
         self._touch()
 
     def statistics_written(self, name: str) -> None:
@@ -226,6 +237,10 @@ class StatsStore:
 
     def statistics_failed(self, message: str) -> None:
         self.last_statistics_error = message
+        self._touch()
+
+    def checkpoint_saved(self, name: str) -> None:
+        self.last_checkpoint = name
         self._touch()
 
     def set_pending_commands(self, names: list[str]) -> None:

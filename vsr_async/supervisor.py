@@ -47,9 +47,28 @@ class CommandNotAvailable(Exception):
 
 
 class Checkpointer(Protocol):
-    async def save(self, reason: str) -> str: ...
+    """Copies the state (awaited: the GPU thread is busy meanwhile), writes it behind."""
+
+    async def save(self, reason: str) -> asyncio.Future[str]: ...
+
+    async def save_best(self) -> asyncio.Future[str]: ...
+
+    def apply_config(self, config: Any) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def _settle(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    """Copy a finished future's outcome into another (marking the exception retrieved)."""
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())
+        target.exception()
+    else:
+        target.set_result(source.result())
 
 
 def validation_due(step: int, every: int) -> bool:
@@ -187,6 +206,7 @@ class Supervisor:
             self.statistics.start()
             if self.worker.engine is None:
                 await self.worker.start()  # model, optimizer and data, on the GPU thread
+            self._restore_from(self.worker.engine.resumed)
             self.phase = Phase.RUNNING
             self.store.set_config_live(live_values(self.config))
             self.store.set_training(active=True, paused=False)
@@ -196,7 +216,22 @@ class Supervisor:
             await self._shutdown()
         return self.exit_code
 
+    def _restore_from(self, resumed: Any) -> None:
+        """A resumed run keeps its run id, step, best quality and validation count."""
+        if resumed is None:
+            return
+        self.store.restore(
+            run_id=resumed.run_id,
+            step=resumed.step,
+            best_quality=resumed.best_quality,
+            best_step=resumed.best_step,
+            validation_count=resumed.validation_count,
+        )
+        log.info("resumed run %s at step %d", resumed.run_id, resumed.step)
+
     async def _loop(self) -> None:
+        if self.store.progress.step >= self.config.MAX_STEPS:
+            self._begin_stop(f"already at MAX_STEPS={self.config.MAX_STEPS}")
         while self.phase is not Phase.STOPPING:
             await self._handle_commands(block=self.phase is Phase.PAUSED)
             if self.phase is not Phase.RUNNING:
@@ -207,12 +242,14 @@ class Supervisor:
             if self.phase is Phase.RUNNING and validation_due(step, self.config.VAL_STEP_EVERY):
                 await self._run_validation(Trigger.SCHEDULE, None)
             if checkpoint_due(step, self.config.SAVE_STEP_EVERY) and self.checkpointer is not None:
-                await self._save_checkpoint("schedule")
+                await self.checkpointer.save("schedule")  # the write runs behind training
             if step >= self.config.MAX_STEPS:
                 self._begin_stop(f"finished: MAX_STEPS={self.config.MAX_STEPS} reached")
 
     def _publish_step(self, result: StepResult) -> None:
         self.store.publish_step(result)
+        if result.histograms is not None:
+            self.tensorboard.log_histograms(result.step, result.histograms)
         if result.stats is None:
             return
         stats = result.stats
@@ -265,7 +302,9 @@ class Supervisor:
                 command.result.set_exception(exc)
                 command.result.exception()  # the producer may not be waiting; mark retrieved
             return
-        if not command.result.done():
+        if isinstance(outcome, asyncio.Future):  # finished later (a checkpoint write)
+            outcome.add_done_callback(lambda done: _settle(command.result, done))
+        elif not command.result.done():
             command.result.set_result(outcome)
 
     async def _dispatch(self, command: cmd.Command) -> Any:
@@ -300,18 +339,19 @@ class Supervisor:
         )
         return "paused" if paused else "running"
 
-    async def _save_checkpoint(self, reason: str) -> str:
+    async def _save_checkpoint(self, reason: str) -> asyncio.Future[str]:
+        """Copy now; the returned future resolves with the file name once it is on disk."""
         if self.checkpointer is None:
-            raise CommandNotAvailable("checkpoints are not available yet in this version")
-        name = await self.checkpointer.save(reason)
-        self.store.last_checkpoint = name
-        return name
+            raise CommandNotAvailable("checkpoints are off for this run")
+        return await self.checkpointer.save(reason)
 
     async def _apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
         new_config = check_live_changes(self.config, changes)  # again: state may have moved on
         await self.worker.apply_config(new_config)
         applied = {k: getattr(new_config, k) for k in changes}
         self.config = new_config
+        if self.checkpointer is not None:
+            self.checkpointer.apply_config(new_config)
         self.store.set_config_live(live_values(new_config))
         log.info("config changed at step %d: %s", self.store.progress.step, applied)
         for listener in self.config_listeners:
@@ -413,7 +453,7 @@ class Supervisor:
         started = time.monotonic()
         if self.checkpointer is not None and self.worker.engine is not None:
             try:
-                await self._save_checkpoint("shutdown")
+                await (await self.checkpointer.save("shutdown"))
             except Exception:
                 log.exception("final checkpoint failed")
         if not await self.statistics.close(SHUTDOWN_WRITE_TIMEOUT_S):

@@ -1,0 +1,85 @@
+"""On-device sums of one logging window: losses, gradient norm, non-finite steps.
+
+Every step adds to tensors on the device (no sync); the logging step reads them all in one
+transfer and starts a new window. They are part of a checkpoint, so a resumed run logs (and
+adapts) exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class WindowMeans:
+    terms: list[float]  # total, l1, ms, gradient, perceptual: means over the finite steps
+    grad_norm: float
+    nonfinite_total: int
+    nonfinite_streak: int
+    extra: list[float]  # the caller's extra values, read in the same transfer
+
+
+class StepWindow:
+    def __init__(self, device: torch.device) -> None:
+        zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
+        self.term_sum = zeros(5)
+        self.grad_norm_sum = zeros(())
+        self.window_nonfinite = zeros(())
+        self.nonfinite_total = zeros(())
+        self.nonfinite_streak = zeros(())
+        self.steps = 0
+
+    def add(self, terms: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
+        """Fold one step in; a non-finite step counts but does not pollute the means."""
+        found_inf = (~finite).float()
+        self.term_sum += torch.where(finite, terms, torch.zeros_like(terms))
+        self.grad_norm_sum += torch.where(finite, grad_norm.float(), torch.zeros_like(grad_norm))
+        self.nonfinite_total += found_inf
+        self.nonfinite_streak = (self.nonfinite_streak + found_inf) * found_inf
+        self.window_nonfinite += found_inf
+        self.steps += 1
+
+    def read(self, extra: list[Tensor] = ()) -> WindowMeans:
+        """The logging-cadence sync: one device→host transfer, then a fresh window."""
+        packed = torch.cat(
+            [
+                self.term_sum,
+                self.grad_norm_sum.reshape(1),
+                self.window_nonfinite.reshape(1),
+                self.nonfinite_total.reshape(1),
+                self.nonfinite_streak.reshape(1),
+                *(t.reshape(1).float() for t in extra),
+            ]
+        )
+        values = packed.tolist()  # device→host sync (logging cadence only)
+        finite_steps = max(self.steps - int(values[6]), 1)
+        means = [v / finite_steps for v in values[:6]]
+        self.term_sum.zero_()
+        self.grad_norm_sum.zero_()
+        self.window_nonfinite.zero_()
+        self.steps = 0
+        return WindowMeans(means[:5], means[5], int(values[7]), int(values[8]), values[9:])
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        return {
+            "term_sum": self.term_sum.clone(),
+            "grad_norm_sum": self.grad_norm_sum.clone(),
+            "window_nonfinite": self.window_nonfinite.clone(),
+            "nonfinite_total": self.nonfinite_total.clone(),
+            "nonfinite_streak": self.nonfinite_streak.clone(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+        for name in (
+            "term_sum",
+            "grad_norm_sum",
+            "window_nonfinite",
+            "nonfinite_total",
+            "nonfinite_streak",
+        ):
+            getattr(self, name).copy_(state[name])
+        self.steps = int(state["steps"])
