@@ -112,6 +112,50 @@ class Config:
     """Derive the gradient clip from recent gradient norms."""
     INITIAL_GRAD_CLIP: float = _f(1.5, lo=1e-6, hi=1e6, live=True)
     """Gradient-norm clip (the starting value when ADAPTIVE_GRAD_CLIP is on)."""
+    ADAPTIVE_SETTLING_STEPS: int = _f(500, lo=0, hi=10**9, live=True)
+    """Steps after warmup in mode Settling: no weight moves, no plateau decisions yet."""
+    ADAPTIVE_RESUME_SETTLING_STEPS: int = _f(200, lo=0, hi=10**9, live=True)
+    """Settling steps after a resume or a safety reset (0: a resume continues undisturbed)."""
+    ADAPTIVE_WINDOW_STEPS: int = _f(500, lo=1, hi=10**9, live=True)
+    """Steps over which sharpness is averaged and the perceptual-loss trend is fitted."""
+    ADAPTIVE_SHARPNESS_TOLERANCE: float = _f(0.05, lo=0.0, hi=1.0, live=True)
+    """Sharpness ratio (output/GT edges) within 1 ± this leaves the weights alone."""
+    ADAPTIVE_WEIGHT_MAX_STEP: float = _f(0.1, lo=0.0, hi=1.0, live=True)
+    """Largest change of a weight per decision, as a fraction of its target."""
+    ADAPTIVE_WEIGHT_COOLDOWN_STEPS: int = _f(1000, lo=0, hi=10**9, live=True)
+    """Steps after a weight move before the next one (halved in mode Aggressive)."""
+    ADAPTIVE_WEIGHT_FLOOR: float = _f(0.25, lo=0.0, hi=1.0, live=True)
+    """MS, gradient and perceptual weights never go below this fraction of their target."""
+    ADAPTIVE_WEIGHT_CEILING: float = _f(4.0, lo=1.0, hi=100.0, live=True)
+    """MS, gradient and perceptual weights never go above this multiple of their target."""
+    ADAPTIVE_L1_FLOOR: float = _f(0.5, lo=0.0, hi=1.0, live=True)
+    """The L1 weight stays between this fraction of L1_WEIGHT and L1_WEIGHT."""
+    ADAPTIVE_PLATEAU_THRESHOLD: float = _f(0.002, lo=0.0, hi=1.0, live=True)
+    """Relative drop of the smoothed training loss below its best that counts as progress."""
+    ADAPTIVE_PLATEAU_PATIENCE_STEPS: int = _f(3000, lo=1, hi=10**9, live=True)
+    """Steps without progress on the smoothed loss before a plateau is declared."""
+    ADAPTIVE_QUALITY_MIN_GAIN: float = _f(1e-4, lo=0.0, hi=1.0, live=True)
+    """Gain over the best validation quality (fraction 0–1) that counts as a new best."""
+    ADAPTIVE_QUALITY_PATIENCE: int = _f(3, lo=1, hi=10**6, live=True)
+    """Validations in a row without a new best quality before a plateau is declared."""
+    ADAPTIVE_LR_BOOST_FACTOR: float = _f(3.0, lo=1.0, hi=100.0, live=True)
+    """Learning-rate multiplier on a plateau (capped at MAX_LR); 1 turns boosts off."""
+    ADAPTIVE_LR_BOOST_STEPS: int = _f(500, lo=1, hi=10**9, live=True)
+    """Steps an LR boost lasts."""
+    ADAPTIVE_LR_BOOST_COOLDOWN_STEPS: int = _f(5000, lo=0, hi=10**9, live=True)
+    """Steps after a boost ends before another boost is available."""
+    ADAPTIVE_RESET_STEPS: int = _f(20_000, lo=1, hi=10**10, live=True)
+    """A plateau that lasts this many steps after an LR boost resets weights and clip."""
+    ADAPTIVE_CLIP_PERCENTILE: float = _f(95.0, lo=50.0, hi=100.0, live=True)
+    """Percentile of recent gradient norms that the adaptive clip follows."""
+    ADAPTIVE_CLIP_MARGIN: float = _f(1.5, lo=1.0, hi=100.0, live=True)
+    """Adaptive clip = percentile x this margin."""
+    ADAPTIVE_CLIP_MIN: float = _f(1e-3, lo=1e-6, hi=1.0, live=True)
+    """Lower bound of the adaptive clip."""
+    ADAPTIVE_CLIP_MAX: float = _f(100.0, lo=1.0, hi=1e6, live=True)
+    """Upper bound of the adaptive clip."""
+    ADAPTIVE_CLIP_HISTORY: int = _f(1000, lo=32, hi=10**6, live=True)
+    """Recent steps whose gradient norms the adaptive clip is computed from."""
 
     # --- precision and speed -------------------------------------------------------------------
     AMP: AmpMode = "auto"
@@ -385,13 +429,16 @@ def build_config(values: Mapping[str, Any], *, base: Config | None = None) -> Co
             clean[key] = _coerce(key, value, hints[key])
         except ConfigError as exc:
             errors.append(exc)
-    if errors:
-        raise ConfigErrors(errors) if len(errors) > 1 else errors[0]
     start = base.to_dict() if base is not None else {}
     try:
-        return Config(**{**start, **clean})
-    except ConfigError:
-        raise
+        config = Config(**{**start, **clean})
+    except ConfigErrors as exc:
+        errors += exc.errors
+    except ConfigError as exc:
+        errors.append(exc)
+    if errors:
+        raise ConfigErrors(errors) if len(errors) > 1 else errors[0]
+    return config
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:

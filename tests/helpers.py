@@ -57,7 +57,7 @@ def write_patch_dataset(
     frames, scale = TINY_SETTINGS["NUM_FRAMES"], TINY_SETTINGS["SCALE"]
     rng = np.random.default_rng(0)
     train_photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
-    val_photo = skimage.data.rocket()
+    val_photo = skimage.data.immunohistochemistry()
     for split, count, size, photos in (
         ("Patches", train, gt_size, train_photos),
         ("Val", val, val_size, [val_photo]),

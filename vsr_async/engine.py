@@ -20,7 +20,7 @@ import torch
 from vsr_async.adaptive import AdaptiveSystem
 from vsr_async.data.loader import TrainBatch, build_datasets, build_train_loader
 from vsr_async.ema import EmaWeights
-from vsr_async.losses import LossComputer
+from vsr_async.losses import LossComputer, sharpness_ratio
 from vsr_async.model import VSRNet
 from vsr_async.precision import PrecisionPlan, precision_for, resolve_device
 from vsr_async.reports import StepResult, StepStats, ValidationResult
@@ -91,7 +91,7 @@ class TrainingEngine:
             self.device.type, enabled=self.precision.uses_grad_scaler
         )
         self.schedule = LRSchedule.from_config(config)
-        self.adaptive = AdaptiveSystem(config)
+        self.adaptive = AdaptiveSystem(config, self.schedule, self.device)
         self.loss = LossComputer(self._perceptual(config))
 
         # data
@@ -199,6 +199,12 @@ class TrainingEngine:
             self.ema.update()
         self.step += 1
         self.window.add(terms / accumulation, grad_norm, finite)
+        sharpness = (
+            sharpness_ratio(sr.detach(), batch.gt)  # of the last micro-batch: a sample suffices
+            if self.adaptive.needs_sharpness
+            else grad_norm.new_zeros(())
+        )
+        self.adaptive.record_step(grad_norm, sharpness, finite)
 
         epoch, epoch_step = self._progress()
         return StepResult(
@@ -221,13 +227,17 @@ class TrainingEngine:
                 momentum_sum += state["exp_avg"].abs().sum()
                 momentum_count += state["exp_avg"].numel()
         means = self.window.read(extra=[momentum_sum])
+        total, l1, ms, gradient, perceptual = means.terms
+        smoothed = AdaptiveSystem.loss_at_targets(self.config, l1, ms, gradient, perceptual)
+        self.adaptive.update(self.step, smoothed, perceptual)
+        for event in self.adaptive.drain_events():
+            log.info("adaptive: %s", event)
         activity = self.model.read_activity(reset=True)
         self.model.track_activity = False
         vram_peak = vram_reserved = None
         if self.device.type == "cuda":
             vram_peak = torch.cuda.max_memory_allocated(self.device) / 1e9
             vram_reserved = torch.cuda.memory_reserved(self.device) / 1e9
-        total, l1, ms, gradient, perceptual = means.terms
         return StepStats(
             loss_total=total,
             loss_l1=l1,
@@ -273,6 +283,12 @@ class TrainingEngine:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # vram_usage_gb: peak since last val
         return result
+
+    def on_validation(self, step: int, quality_ki: float) -> None:
+        """Validation quality feeds the adaptive system's plateau detection."""
+        self.adaptive.on_validation(step, quality_ki)
+        for event in self.adaptive.drain_events():
+            log.info("adaptive: %s", event)
 
     # --- checkpoint state ----------------------------------------------------------------------
 

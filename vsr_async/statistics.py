@@ -126,7 +126,8 @@ class StatisticsWriter:
     async def _write(self, job: _Job) -> None:
         name = statistics_name(job.step)
         try:
-            await write_atomic_async(self.directory / name, serialize_snapshot(job.snapshot))
+            data = await asyncio.to_thread(serialize_snapshot, job.snapshot)  # off the loop
+            await write_atomic_async(self.directory / name, data)
         except OSError as exc:
             message = f"could not write {name}: {exc.strerror or exc}"
             log.error("statistics: %s (kept in memory, retried with the next validation)", message)

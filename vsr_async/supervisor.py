@@ -382,6 +382,7 @@ class Supervisor:
                     request.result.exception()
             return
         step = self.store.progress.step
+        await self.worker.call(self.worker.engine.on_validation, step, result.quality_ki)
         improved = self.store.publish_validation(result, step=step, trigger=trigger.value)
         snapshot = self.store.snapshot()  # the results are in; training may go on after this
         written = self.statistics.submit(step, snapshot)

@@ -1,16 +1,24 @@
 """TensorBoard logging into DATA_ROOT/tensorboard, on a thread of its own.
 
-Image encoding and event-file writes never run on the event loop or the GPU thread. Tag names
-follow the predecessor where it had one (`Loss/Total`, `Quality/KI_Quality`, `Val/sample_0000`…)
-so old dashboards and comparisons keep working.
+Summaries are encoded and appended to the event file by our own I/O thread, so image encoding
+and disk writes never run on the event loop or the GPU thread, and a failing disk (full,
+read-only) is logged once and retried with a new event file instead of killing a background
+writer. Tag names follow the predecessor where it had one (`Loss/Total`, `Quality/KI_Quality`,
+`Val/sample_0000`…) so old dashboards and comparisons keep working.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vsr_async.reports import StepResult, ValidationResult
 
@@ -70,66 +78,120 @@ def validation_scalars(result: ValidationResult) -> dict[str, float]:
     }
 
 
+class EventFile:
+    """One append-only TensorBoard event file, written synchronously by the caller's thread."""
+
+    def __init__(self, directory: Path) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event = Event
+        directory.mkdir(parents=True, exist_ok=True)
+        name = (
+            f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}."
+            f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        )
+        self._file: BinaryIO = open(directory / name, "ab")  # noqa: SIM115 (closed in close())
+        self._records = RecordWriter(self._file)
+        self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event: Any) -> None:
+        self._records.write(event.SerializeToString())
+
+    def add(self, summary: Any, step: int) -> None:
+        self._write(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class TensorBoardLogger:
-    """Submits every write to one I/O thread; `close()` waits for them and flushes."""
+    """Submits every write to one I/O thread; `close()` waits for them and closes the file."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tensorboard")
-        self._writer: Any = None
-        self._last: Future[None] | None = None
-        self._submit(self._open)
+        self._file: EventFile | None = None
+        self._failing = False
 
-    def _open(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # slow import: keep it off the loop
+    def _submit(self, write: Callable[[EventFile], None]) -> None:
+        self._executor.submit(self._run, write)
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._writer = SummaryWriter(log_dir=str(self.directory), flush_secs=10)
+    def _run(self, write: Callable[[EventFile], None]) -> None:
+        """On the I/O thread: write, flush; a failure is logged once and the file reopened."""
+        try:
+            if self._file is None:
+                self._file = EventFile(self.directory)
+            write(self._file)
+            self._file.flush()
+        except OSError as exc:
+            if not self._failing:
+                log.error("tensorboard: cannot write (%s); retrying with a new event file", exc)
+            self._failing = True
+            self._drop_file()
+            return
+        except Exception:  # a logging bug must never stop training
+            log.exception("tensorboard: write failed")
+            return
+        if self._failing:
+            log.info("tensorboard: writing again")
+            self._failing = False
 
-    def _submit(self, fn: Any, *args: Any) -> None:
-        def run() -> None:
-            try:
-                fn(*args)
-            except Exception:  # a logging failure must never stop training
-                log.exception("tensorboard: write failed")
+    def _drop_file(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
-        self._last = self._executor.submit(run)
+    # The summary helpers are imported inside the writers: the import is slow, and runs on
+    # the I/O thread that way, never on the event loop.
 
-    def _scalars(self, scalars: dict[str, float], step: int) -> None:
-        for tag, value in scalars.items():
-            self._writer.add_scalar(tag, value, step)
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        def write(events: EventFile) -> None:
+            from torch.utils.tensorboard.summary import scalar
+
+            for tag, value in scalars.items():
+                events.add(scalar(tag, value), step)
+
+        self._submit(write)
 
     def log_step(self, result: StepResult, iteration_duration_s: float | None) -> None:
         if result.stats is not None:
-            self._submit(self._scalars, step_scalars(result, iteration_duration_s), result.step)
+            self.log_scalars(step_scalars(result, iteration_duration_s), result.step)
 
     def log_validation(self, step: int, result: ValidationResult) -> None:
-        self._submit(self._scalars, validation_scalars(result), step)
-        for i, strip in enumerate(result.strips):
-            self._submit(self._image, f"Val/sample_{i:04d}", strip, step)
+        self.log_scalars(validation_scalars(result), step)
+        strips = result.strips
 
-    def _image(self, tag: str, image: Any, step: int) -> None:
-        self._writer.add_image(tag, image, step, dataformats="HWC")
+        def write(events: EventFile) -> None:
+            from torch.utils.tensorboard.summary import image
+
+            for i, strip in enumerate(strips):  # PNG encoding happens here, off the loop
+                events.add(image(f"Val/sample_{i:04d}", strip, dataformats="HWC"), step)
+
+        self._submit(write)
 
     def log_histograms(self, step: int, histograms: dict[str, Any]) -> None:
-        def write() -> None:
+        def write(events: EventFile) -> None:
+            from torch.utils.tensorboard.summary import histogram
+
             for name, values in histograms.items():
-                self._writer.add_histogram(f"Weights/{name}", values, step)
+                events.add(histogram(f"Histograms/{name}", values, bins=64), step)
 
         self._submit(write)
 
     def log_text(self, tag: str, text: str, step: int) -> None:
-        self._submit(lambda: self._writer.add_text(tag, text, step))
+        def write(events: EventFile) -> None:
+            from torch.utils.tensorboard.summary import text as text_summary
 
-    def flush(self) -> None:
-        self._submit(lambda: self._writer.flush())
+            events.add(text_summary(tag, text), step)
+
+        self._submit(write)
 
     def close(self) -> None:
         """Blocking: call from a thread (the supervisor uses `asyncio.to_thread`)."""
-
-        def finish() -> None:
-            if self._writer is not None:
-                self._writer.close()
-
-        self._submit(finish)
+        self._executor.submit(self._drop_file)
         self._executor.shutdown(wait=True)
