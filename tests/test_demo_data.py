@@ -32,7 +32,9 @@ def demo(tmp_path_factory) -> tuple[Path, list[tuple[int, int, str]]]:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_demo_is_complete_small_and_reported(demo):
