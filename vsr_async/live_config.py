@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from config import Config, live_keys
+from config import LEGACY_KEYS, Config, live_keys
 from vsr_async.atomic import write_atomic_async
 from vsr_async.errors import ConfigError
 from vsr_async.tensorboard import TensorBoardLogger
@@ -29,7 +29,12 @@ def live_values(config: Config) -> dict[str, Any]:
 
 def check_live_changes(config: Config, changes: dict[str, Any]) -> Config:
     """Validate a change request as the loader would; start-only keys are refused by name."""
-    start_only = sorted(k for k in changes if k not in live_keys() and k in config.to_dict())
+    known = config.to_dict()
+
+    def name(key: str) -> str:  # an old key name (USE_AMP) means its new key (AMP)
+        return LEGACY_KEYS[key][0] if key in LEGACY_KEYS else key
+
+    start_only = sorted(k for k in changes if name(k) in known and name(k) not in live_keys())
     if start_only:
         raise StartOnlyKeyError(start_only)
     return config.replace(changes)
@@ -40,10 +45,11 @@ class StartOnlyKeyError(ConfigError):
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
+        others = f" (also {', '.join(keys[1:])})" if len(keys) > 1 else ""
         super().__init__(
             keys[0],
-            f"{', '.join(keys)} only apply at start; change them in the config file and "
-            "restart (with --resume auto to continue from the last checkpoint)",
+            f"only applies at start{others}; change it in the config file and restart (with "
+            "--resume auto to continue from the last checkpoint)",
         )
 
 

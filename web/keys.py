@@ -1,0 +1,26 @@
+"""Every piece of shared state of the web application, as typed `web.AppKey`s (no globals).
+
+The modules named here never import this one; only the factory and the handlers read the keys.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from config import Config
+from vsr_async.logs import RunLogging
+from vsr_async.supervisor import Supervisor
+from web.events import EventHub
+from web.images import StripImages
+from web.security import SecurityPolicy
+
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+CONFIG = web.AppKey("config", Config)  # the start config (the live one is supervisor.config)
+RUN_LOGGING = web.AppKey("run_logging", RunLogging)  # absent when the app runs without one
+SECURITY = web.AppKey("security", SecurityPolicy)
+EVENTS = web.AppKey("events", EventHub)
+IMAGES = web.AppKey("images", StripImages)
+OPENAPI = web.AppKey("openapi", dict)  # the document, built once per app
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+REQUEST_COUNTER = web.AppKey("request_counter", Counter)
