@@ -80,7 +80,7 @@ def test_demo_loads_through_scan_datasets_and_loader(demo):
     assert (info.layout, info.train_count, info.val_count) == ("patches", TRAIN_CLIPS, 4)
     assert info.train_gt_size == (96, 96) and info.val_gt_sizes == ((192, 192),)
     train, val = build_datasets(Config(NUM_FRAMES=FRAMES, SCALE=SCALE), info)
-    name, lr, gt = val[0]
+    _, lr, gt = val[0]
     assert lr.shape == (FRAMES, 3, 64, 64) and gt.shape == (3, 192, 192)
     in_process = list(itertools.islice(build_train_loader(train, 8, 0, True, seed=7), 3))
     worker_loader = build_train_loader(train, 8, 1, True, seed=7)
