@@ -68,9 +68,9 @@ class Config:
     # --- loss weights (targets; the adaptive system moves the current weights around them) -----
     L1_WEIGHT: float = _f(1.0, lo=0.0, hi=100.0, live=True)
     """Weight of the L1 pixel loss."""
-    MS_WEIGHT: float = _f(0.0, lo=0.0, hi=100.0, live=True)
+    MS_WEIGHT: float = _f(0.1, lo=0.0, hi=100.0, live=True)
     """Weight of the multi-scale L1 loss (1/2 and 1/4 resolution)."""
-    GRAD_WEIGHT: float = _f(0.0, lo=0.0, hi=100.0, live=True)
+    GRAD_WEIGHT: float = _f(0.1, lo=0.0, hi=100.0, live=True)
     """Weight of the image-gradient (edge) L1 loss."""
     PERCEPTUAL_WEIGHT: float = _f(0.0, lo=0.0, hi=100.0)
     """Weight of the VGG perceptual loss; > 0 needs PERCEPTUAL_WEIGHTS_PATH."""

@@ -196,9 +196,10 @@ class AdaptiveSystem:
         self._prune_windows(step)
         self._track_best_loss(step, smoothed_loss)
         if self.mode in (STABLE, AGGRESSIVE):
-            self._observe_plateau(step)
-            self._maybe_move_weights(step)
+            self._observe_plateau(step)  # may boost, or reset into Settling
         self._note_mode()
+        if self.mode in (STABLE, AGGRESSIVE):
+            self._maybe_move_weights(step)
 
     def on_validation(self, step: int, quality_ki: float) -> None:
         """A finished validation: a new best quality resets the stall count, otherwise (after
@@ -256,9 +257,8 @@ class AdaptiveSystem:
 
     def _track_best_loss(self, step: int, loss: float) -> None:
         """Progress = the smoothed loss below best x (1 − ADAPTIVE_PLATEAU_THRESHOLD)."""
-        if math.isfinite(loss) and loss < self._best_loss * (
-            1 - self.config.ADAPTIVE_PLATEAU_THRESHOLD
-        ):
+        threshold = self.config.ADAPTIVE_PLATEAU_THRESHOLD
+        if math.isfinite(loss) and loss < self._best_loss * (1 - threshold):
             self._best_loss, self._best_loss_step = loss, step
 
     def _observe_plateau(self, step: int) -> None:
@@ -280,10 +280,10 @@ class AdaptiveSystem:
                 reasons.append(f"quality: {self._quality_stall} validations without a new best")
             self._event(step, "plateau (" + "; ".join(reasons) + ")")
         self._plateau_counter += 1
-        if self.lr_boost_available:
+        if self._boost_tried and step - self._plateau_since >= cfg.ADAPTIVE_RESET_STEPS:
+            self._safety_reset(step)  # first: a boost coming due must not postpone the reset
+        elif self.lr_boost_available:
             self._start_boost(step)
-        elif self._boost_tried and step - self._plateau_since >= cfg.ADAPTIVE_RESET_STEPS:
-            self._safety_reset(step)
 
     def _start_boost(self, step: int) -> None:
         cfg = self.config
@@ -382,7 +382,8 @@ class AdaptiveSystem:
 
     def _current_weights(self) -> LossWeights:
         targets, m = self._targets(), self._multipliers
-        return LossWeights(**{term: targets[term] * m[term] for term in TERMS})
+        # 12 significant digits: the panel shows 0.11, not 0.11000000000000001
+        return LossWeights(**{t: float(f"{targets[t] * m[t]:.12g}") for t in TERMS})
 
     def _window_sharpness(self, step: int) -> float | None:
         """Mean sharpness ratio over the window, or None before a full window since the last
