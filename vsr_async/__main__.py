@@ -181,8 +181,21 @@ async def train(config: Config, args: argparse.Namespace) -> int:
         from web.server import WebPanel
 
         run.supervisor.add_service(WebPanel(run.supervisor, config, run.logging))
+    from vsr_async.dashboard import Dashboard
+    from vsr_async.keyboard import KeyboardReader
+
+    dashboard = Dashboard.for_terminal(run.supervisor, run.logging)  # None without a TTY
+    keyboard = KeyboardReader(run.supervisor, dashboard)
+    if dashboard is not None:
+        run.supervisor.add_service(dashboard)
+    run.supervisor.add_service(keyboard)
     run.supervisor.install_signal_handlers()
-    return await run.execute()
+    try:
+        return await run.execute()
+    finally:  # the terminal comes back even if the shutdown itself failed
+        keyboard.close()
+        if dashboard is not None:
+            dashboard.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
