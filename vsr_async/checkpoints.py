@@ -30,6 +30,9 @@ FORMAT_VERSION = 1
 SHAPE_KEYS = ("N_FEATS", "N_BLOCKS", "NUM_FRAMES", "SCALE")  # a checkpoint fits only its shape
 REQUIRED_KEYS = ("format_version", "step", "model", "optimizer", "config", "run_id")
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+# State copies held for the I/O thread at most; a further save waits for a write to finish, so
+# a slow disk or a small SAVE_STEP_EVERY cannot pile up copies in memory without bound.
+MAX_WRITES_IN_FLIGHT = 2
 
 
 def checkpoint_name(step: int) -> str:
@@ -54,7 +57,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(path, "no such file") from None
     except Exception as exc:  # torch raises many types for damaged zips and bad pickles
-        raise CheckpointError(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise CheckpointError(path, f"cannot be loaded ({type(exc).__name__}: {reason})") from None
     if not isinstance(state, dict):
         raise CheckpointError(path, "does not hold a vsr_async checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -82,17 +86,43 @@ def check_compatible(state: dict[str, Any], config: Any, path: Path) -> None:
         )
 
 
+def _load_or_warn(path: Path) -> dict[str, Any] | None:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        log.warning("skipping damaged checkpoint: %s", exc)
+        return None
+
+
 def find_resume_checkpoint(directory: Path, config: Any) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads and verifies; damaged ones are skipped with a warning."""
+    """The newest checkpoint that loads and verifies; damaged ones are skipped with a warning.
+
+    `best.pt` counts too: it is newer than every periodic file when a kill came after a new best
+    but before the next periodic save. Its best quality is kept either way, so a restart from an
+    older periodic file never lets a worse validation overwrite the best.
+    """
+    directory = Path(directory)
+    best_path = directory / BEST_NAME
+    best = _load_or_warn(best_path) if best_path.is_file() else None
+    found: tuple[Path, dict[str, Any]] | None = None
     for _, path in list_checkpoints(directory):
-        try:
-            state = load_checkpoint(path)
-        except CheckpointError as exc:
-            log.warning("skipping damaged checkpoint: %s", exc)
-            continue
-        check_compatible(state, config, path)
-        return path, state
-    return None
+        state = _load_or_warn(path)
+        if state is not None:
+            found = (path, state)
+            break
+    if best is not None and (found is None or best["step"] > found[1]["step"]):
+        found = (best_path, best)
+    if found is None:
+        return None
+    path, state = found
+    check_compatible(state, config, path)
+    if best is not None and _better(best.get("best_quality"), state.get("best_quality")):
+        state = {**state, "best_quality": best["best_quality"], "best_step": best["best_step"]}
+    return path, state
+
+
+def _better(quality: float | None, than: float | None) -> bool:
+    return quality is not None and (than is None or quality > than)
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -125,6 +155,8 @@ class CheckpointWriter:
         self._writes: set[asyncio.Future[str]] = set()
 
     async def _capture(self, reason: str) -> dict[str, Any]:
+        while len(self._writes) >= MAX_WRITES_IN_FLIGHT:
+            await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
         state = await self.worker.call(self.worker.engine.capture_state)
         v = self.store.validation
         state.update(

@@ -153,15 +153,11 @@ class DashboardFrame:
 
     def phase(self) -> tuple[str, str]:
         s = self.s
-        if s["training_stopped"]:
-            return "STOPPED", "bold red"
+        phase = s["run_phase"]
         if s["validation_running"]:
             return f"VALIDATING {s['validation_progress'] * 100:.0f}%", "bold magenta"
-        if s["training_paused"]:
-            return "PAUSED", "bold yellow"
-        if s["training_active"]:
-            return "RUNNING", "bold green"
-        return ("STOPPING", "bold red") if self.d.seen_active else ("STARTING", "bold cyan")
+        styles = {"running": "bold green", "paused": "bold yellow", "starting": "bold cyan"}
+        return phase.upper(), styles.get(phase, "bold red")
 
     def header(self) -> Text:
         return _line(
@@ -419,7 +415,6 @@ class Dashboard:
         self.help_visible = False
         self.keyboard_active = False
         self.keyboard_note = "stdin is not a terminal"
-        self.seen_active = False
         self.frames_drawn = 0
         self._message: tuple[str, str, float, bool] | None = None
         self._live: Live | None = None
@@ -467,7 +462,7 @@ class Dashboard:
 
     def panel_url(self, snapshot: dict[str, Any]) -> str:
         runtime = snapshot.get("runtime") or {}
-        url = runtime.get("panel_url") or runtime.get("web_url")
+        url = runtime.get("web_url")
         if url:
             return str(url)
         if not self.config.WEB_ENABLED:
@@ -477,8 +472,6 @@ class Dashboard:
     # --- drawing -------------------------------------------------------------------------------
 
     def render(self, snapshot: dict[str, Any]) -> DashboardFrame:
-        if snapshot["training_active"]:
-            self.seen_active = True
         return DashboardFrame(self, snapshot)
 
     def draw(self) -> None:

@@ -107,7 +107,11 @@ def fresh_run_dir(config: Any) -> Any:
     base = Path(config.DATA_ROOT).expanduser().resolve()
     if not has_run(base):
         return config
-    fresh = base.with_name(f"{base.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    stamp = f"{base.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    fresh, n = base.with_name(stamp), 1
+    while fresh.exists():  # two fresh starts in one second must not share (and prune) a folder
+        n += 1
+        fresh = base.with_name(f"{stamp}-{n}")
     log.warning("%s holds an earlier run (kept untouched); this run writes to %s", base, fresh)
     return config.replace({"DATA_ROOT": str(fresh)})
 

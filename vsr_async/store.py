@@ -102,6 +102,7 @@ class StatsStore:
         self.stats: StepStats | None = None  # latest logging-step numbers
         self.timing = Timing()
         self.validation = ValidationState()
+        self.run_phase = "starting"  # the supervisor's Phase, as text
         self.training_active = False
         self.training_paused = False
         self.stopped = False
@@ -161,6 +162,10 @@ class StatsStore:
                     "grad_norm": result.stats.grad_norm,
                 }
             )
+        self._touch()
+
+    def set_phase(self, phase: str) -> None:
+        self.run_phase = phase
         self._touch()
 
     def set_training(self, *, active: bool | None = None, paused: bool | None = None) -> None:
@@ -336,6 +341,7 @@ class StatsStore:
             "validation_progress": v.progress,
             "training_paused": self.training_paused,
             "training_stopped": self.stopped,
+            "run_phase": self.run_phase,
             "stop_reason": self.stop_reason,
             "pending_commands": self.pending_commands,
             "last_update_time": self.last_update_time,

@@ -98,7 +98,7 @@ class Supervisor:
         self.statistics = statistics
         self.tensorboard = tensorboard
         self.checkpointer = checkpointer
-        self.phase = Phase.STARTING
+        self._phase = Phase.STARTING
         self.commands: asyncio.Queue[cmd.Command] = asyncio.Queue()
         self.requests: OrderedDict[str, ValidationRequest] = OrderedDict()
         self.services: list[Service] = []
@@ -114,8 +114,19 @@ class Supervisor:
         self._background: set[asyncio.Task[Any]] = set()
         self._signals_seen = 0
         self._hard_exit_hooks: list[Callable[[], None]] = []
+        self._nonfinite_reported = 0  # skipped non-finite steps already named in the log
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: Phase) -> None:
+        """Only the supervisor moves the phase; the store shows it (`run_phase`)."""
+        self._phase = phase
+        self.store.set_phase(phase.value)
 
     # --- producer API (keyboard, web, signals): enqueue only ---------------------------------
 
@@ -264,6 +275,14 @@ class Supervisor:
             result.lr_phase,
             f"{1 / sps:.2f} it/s" if sps else "-- it/s",
         )
+        if stats.nonfinite_steps > self._nonfinite_reported:
+            log.warning(
+                "non-finite loss: %d step(s) skipped without an update up to step %d (%d in all)",
+                stats.nonfinite_steps - self._nonfinite_reported,
+                result.step,
+                stats.nonfinite_steps,
+            )
+            self._nonfinite_reported = stats.nonfinite_steps
         if stats.nonfinite_streak >= self.config.NAN_LIMIT:
             log.error(
                 "%d consecutive non-finite losses (NAN_LIMIT=%d): stopping with the last good "
