@@ -5,15 +5,24 @@ supervisor on the CPU, each in its own `tmp_path`.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from helpers import TINY_SETTINGS, write_patch_dataset
 
 from config import Config, build_config
 from vsr_async.launch import Run, build_run, scan_async
+
+# One intra-op thread in this process and (through the environment) in every child process: on a
+# busy 2-core machine two OpenMP threads spin against each other and a tiny step takes ~40x
+# longer. It also keeps runs that are compared with each other on the same thread count.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +18,7 @@ import skimage.data
 
 from vsr_async.data.degrade import bicubic_downscale
 from vsr_async.data.images import write_png
+from vsr_async.launch import build_run, scan_async
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,3 +118,103 @@ def write_toml(path: Path, values: dict[str, Any]) -> Path:
             lines.append(f"{key} = {value!r}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+CONTINUING = re.compile(r"continuing from (\S+) \(step (\d+)\)")
+LOG_STEP = re.compile(r"step (\d+)/\d+ ")
+
+
+class CliRun:
+    """`python -m vsr_async train --config FILE ...` as a child process; its console log
+    (stdout and stderr together) is read line by line, so a test awaits what it waits for."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    @classmethod
+    async def start(cls, config_file: Path, *args: str) -> CliRun:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "vsr_async",
+            "train",
+            "--config",
+            str(config_file),
+            "--no-web",
+            "--no-keyboard",
+            *args,
+            cwd=REPO,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        return cls(proc)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    async def _next_line(self) -> str:
+        assert self.proc.stdout is not None
+        line = (await self.proc.stdout.readline()).decode("utf-8", "replace")
+        if line:
+            self.lines.append(line)
+        return line
+
+    async def wait_for(self, *patterns: re.Pattern[str], timeout: float = 120) -> re.Match[str]:
+        """The first new line matching any pattern (an error if the process ends first)."""
+
+        async def scan() -> re.Match[str]:
+            while True:
+                line = await self._next_line()
+                if not line:
+                    await self.proc.wait()
+                    raise AssertionError(
+                        f"process exited ({self.proc.returncode}) before {patterns}:\n"
+                        + self.output[-3000:]
+                    )
+                for pattern in patterns:
+                    if match := pattern.search(line):
+                        return match
+
+        return await asyncio.wait_for(scan(), timeout)
+
+    async def finish(self, timeout: float = 120) -> int:
+        """Read to the end and return the exit code."""
+
+        async def drain() -> int:
+            while await self._next_line():
+                pass
+            return await self.proc.wait()
+
+        return await asyncio.wait_for(drain(), timeout)
+
+    def send(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    async def close(self) -> None:
+        """Kill if still running, then reap (never leaves a process or an open pipe behind)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        await self.finish(60)
+
+
+def cli_config(path: Path, dataset: Path, data_root: Path, **overrides: Any) -> Path:
+    values = {
+        **TINY_SETTINGS,
+        "DATASET_ROOT": str(dataset),
+        "DATA_ROOT": str(data_root),
+        **overrides,
+    }
+    return write_toml(path, values)
+
+
+async def finish_run(make_config, resume: str = "auto", **overrides: Any):
+    """An in-process run to MAX_STEPS; returns the Run (its log is in run_dir/training.log)."""
+    config = make_config(**overrides)
+    run = build_run(config, await scan_async(config), resume=resume, console_log=False)
+    assert await asyncio.wait_for(run.execute(), 180) == 0
+    return run

@@ -17,13 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_resume import (  # one_intraop_thread: an autouse fixture, for this module too
-    CONTINUING,
-    CliRun,
-    cli_config,
-    finish_run,
-    one_intraop_thread,  # noqa: F401
-)
+from helpers import CONTINUING, CliRun, cli_config, finish_run
 
 from vsr_async import checkpoints
 from vsr_async.checkpoints import (

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 from helpers import wait_until
-from test_resume import one_intraop_thread  # noqa: F401  (autouse: one intra-op thread)
 from torch.overrides import TorchFunctionMode
 
 from config import Config

@@ -9,18 +9,14 @@ the straight and the resumed run, so CPU reductions add in the same order).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from helpers import REPO, TINY_SETTINGS, read_json, wait_until, write_toml
+from helpers import CONTINUING, LOG_STEP, CliRun, cli_config, finish_run, read_json, wait_until
 
 from config import Config
 from vsr_async.checkpoints import (
@@ -32,109 +28,6 @@ from vsr_async.checkpoints import (
 )
 from vsr_async.errors import CheckpointError
 from vsr_async.launch import build_run, fresh_run_dir, scan_async
-
-CLI_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-CONTINUING = re.compile(r"continuing from (\S+) \(step (\d+)\)")
-LOG_STEP = re.compile(r"step (\d+)/\d+ ")
-
-
-@pytest.fixture(autouse=True)
-def one_intraop_thread() -> Iterator[None]:
-    """One intra-op thread for the in-process runs, as for the CLI runs: on a busy 2-core machine
-    two OpenMP threads spin against each other (a tiny step then takes ~40x longer). A thread
-    takes the count when it starts, so the runs' GPU threads started here get one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class CliRun:
-    """`python -m vsr_async train --config FILE ...` as a child process; its console log
-    (stdout and stderr together) is read line by line, so a test awaits what it waits for."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-
-    @classmethod
-    async def start(cls, config_file: Path, *args: str) -> CliRun:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vsr_async",
-            "train",
-            "--config",
-            str(config_file),
-            "--no-web",
-            "--no-keyboard",
-            *args,
-            cwd=REPO,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **CLI_ENV},
-        )
-        return cls(proc)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    async def _next_line(self) -> str:
-        assert self.proc.stdout is not None
-        line = (await self.proc.stdout.readline()).decode("utf-8", "replace")
-        if line:
-            self.lines.append(line)
-        return line
-
-    async def wait_for(self, *patterns: re.Pattern[str], timeout: float = 120) -> re.Match[str]:
-        """The first new line matching any pattern (an error if the process ends first)."""
-
-        async def scan() -> re.Match[str]:
-            while True:
-                line = await self._next_line()
-                if not line:
-                    await self.proc.wait()
-                    raise AssertionError(
-                        f"process exited ({self.proc.returncode}) before {patterns}:\n"
-                        + self.output[-3000:]
-                    )
-                for pattern in patterns:
-                    if match := pattern.search(line):
-                        return match
-
-        return await asyncio.wait_for(scan(), timeout)
-
-    async def finish(self, timeout: float = 120) -> int:
-        """Read to the end and return the exit code."""
-
-        async def drain() -> int:
-            while await self._next_line():
-                pass
-            return await self.proc.wait()
-
-        return await asyncio.wait_for(drain(), timeout)
-
-    def send(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    async def close(self) -> None:
-        """Kill if still running, then reap (never leaves a process or an open pipe behind)."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        await self.finish(60)
-
-
-def cli_config(path: Path, dataset: Path, data_root: Path, **overrides: Any) -> Path:
-    values = {
-        **TINY_SETTINGS,
-        "DATASET_ROOT": str(dataset),
-        "DATA_ROOT": str(data_root),
-        **overrides,
-    }
-    return write_toml(path, values)
 
 
 def model_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -225,14 +118,6 @@ async def test_sigterm_then_resume_auto_is_exact(
 
 
 # --- damaged, foreign and missing checkpoints ---------------------------------------------------
-
-
-async def finish_run(make_config, resume: str = "auto", **overrides: Any):
-    """An in-process run to MAX_STEPS; returns the Run (its log is in run_dir/training.log)."""
-    config = make_config(**overrides)
-    run = build_run(config, await scan_async(config), resume=resume, console_log=False)
-    assert await asyncio.wait_for(run.execute(), 180) == 0
-    return run
 
 
 async def test_truncated_newest_is_skipped_with_a_warning(make_config, tmp_path: Path) -> None:
