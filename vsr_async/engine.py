@@ -8,6 +8,7 @@ logging steps (LOG_TBOARD_EVERY), the one deliberate device→host sync.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
@@ -18,6 +19,20 @@ from typing import Any
 import torch
 
 from vsr_async.adaptive import AdaptiveSystem
+from vsr_async.batch_fit import (
+    SAFETY_MARGIN,
+    BatchPlan,
+    DeviceMemoryError,
+    after_oom,
+    configured_plan,
+    effective_batch,
+    fit_batch,
+    optimizer_state_placeholders,
+    requested_setting,
+    split_batch,
+    unlimited_plan,
+    usable_device_memory,
+)
 from vsr_async.data.loader import TrainBatch, build_datasets, build_train_loader
 from vsr_async.ema import EmaWeights
 from vsr_async.losses import LossComputer, sharpness_ratio
@@ -27,6 +42,7 @@ from vsr_async.reports import StepResult, StepStats, ValidationResult
 from vsr_async.rng import capture_rng, restore_rng
 from vsr_async.schedule import LRSchedule
 from vsr_async.step_window import StepWindow
+from vsr_async.tiling import TiledInference, free_device_memory
 from vsr_async.validation import run_validation
 
 log = logging.getLogger(__name__)
@@ -70,6 +86,7 @@ class TrainingEngine:
         self.config = config
         self.device = resolve_device(config.DEVICE)
         self.precision: PrecisionPlan = precision_for(config.AMP, self.device)
+        log.info("precision: %s (%s)", self.precision.mode, self.precision.reason)
         torch.manual_seed(config.SEED)
         self.channels_last = config.CHANNELS_LAST and self.device.type == "cuda"
 
@@ -96,10 +113,24 @@ class TrainingEngine:
 
         # data
         self.train_set, self.val_set = build_datasets(config, dataset_info)
-        self.samples_per_step = config.BATCH_SIZE * config.ACCUMULATION_STEPS
+        self.train_gt_size: tuple[int, int] = dataset_info.train_gt_size  # (W, H), for the probe
+        self.samples_per_step = effective_batch(config)
         self.samples_consumed = 0
         self.step = 0  # optimizer steps completed
-        self._batches = self._open_loader()
+
+        # batch plan (micro-batch x accumulation, checkpointing): known now, except for
+        # BATCH_SIZE="auto" on CUDA, which `ensure_batch_plan` probes before the first step
+        self.batch_plan: BatchPlan | None = None
+        self.oom_events: list[dict[str, Any]] = []  # out-of-memory steps redone, oldest first
+        self.validation_tiling = TiledInference()
+        self.runtime_version = 0  # bumped when a fact of `runtime_facts()` changes
+        self._batches: Iterator[TrainBatch] | None = None  # yields the plan's micro-batches
+        if config.BATCH_SIZE != "auto":
+            self._apply_plan(configured_plan(config))
+        elif self.device.type != "cuda":
+            self._apply_plan(unlimited_plan(config, self.device.type))
+        if self.batch_plan is not None:
+            self._batches = self._open_loader()
         self.window = StepWindow(self.device)
         self.resumed: Resumed | None = None
 
@@ -113,11 +144,13 @@ class TrainingEngine:
         return load_perceptual(config.PERCEPTUAL_WEIGHTS_PATH).to(self.device)
 
     def _open_loader(self) -> Iterator[TrainBatch]:
+        """Batches of the plan's micro-batch (a divisor of a step's samples; _next_samples)."""
+        assert self.batch_plan is not None
         n = len(self.train_set)
         return iter(
             build_train_loader(
                 self.train_set,
-                batch_size=self.config.BATCH_SIZE,
+                batch_size=self.batch_plan.micro_batch,
                 num_workers=self.config.NUM_WORKERS,
                 pin_memory=self.config.PIN_MEMORY and self.device.type == "cuda",
                 seed=self.config.SEED,
@@ -131,6 +164,124 @@ class TrainingEngine:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
+
+    # --- batch plan ----------------------------------------------------------------------------
+
+    def ensure_batch_plan(self) -> BatchPlan:
+        """The batch plan; for BATCH_SIZE="auto" on CUDA, probed once before the first step."""
+        if self.batch_plan is None:
+            self._apply_plan(self._probe_batch_plan())
+        if self._batches is None:
+            self._batches = self._open_loader()
+        assert self.batch_plan is not None
+        return self.batch_plan
+
+    def _apply_plan(self, plan: BatchPlan) -> None:
+        self.batch_plan = plan
+        self.model.gradient_checkpointing = plan.gradient_checkpointing
+        self.runtime_version += 1
+        log.info("batch plan: %s", plan.describe())
+
+    def _probe_batch_plan(self) -> BatchPlan:
+        """Real trial steps (forward+backward, no optimizer step) at the training sample size.
+
+        The peak is measured with max_memory_allocated; memory AdamW's state will take is held
+        by placeholders meanwhile. Weights, optimizer state and the RNG are left as they were.
+        """
+        usable = usable_device_memory(self.device)
+        limit = int(usable * (1 - SAFETY_MARGIN))
+        log.info(
+            'BATCH_SIZE="auto": probing micro-batches for EFFECTIVE_BATCH=%d on %s '
+            "(%.2f GB usable, limit %.2f GB with a %d%% margin)",
+            self.samples_per_step,
+            self.device,
+            usable / 1e9,
+            limit / 1e9,
+            round(SAFETY_MARGIN * 100),
+        )
+        placeholders = optimizer_state_placeholders(self.model, self.optimizer)
+        try:
+            return fit_batch(
+                self.samples_per_step,
+                self._trial_step,
+                limit_bytes=limit,
+                requested=requested_setting(self.config),
+                checkpointing_configured=self.config.GRADIENT_CHECKPOINTING,
+            )
+        finally:
+            del placeholders
+            self.optimizer.zero_grad(set_to_none=True)
+            self.model.gradient_checkpointing = self.config.GRADIENT_CHECKPOINTING
+            free_device_memory(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)  # vram_usage_gb starts after it
+
+    def _trial_step(self, micro_batch: int, checkpointing: bool) -> int:
+        """Forward+backward of `micro_batch` synthetic samples; the peak allocated bytes."""
+        self.optimizer.zero_grad(set_to_none=True)
+        free_device_memory(self.device)  # what a failed trial held is unreferenced by now
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.model.train()
+        self.model.track_activity = False
+        self.model.gradient_checkpointing = checkpointing
+        w, h = self.train_gt_size
+        s, t = self.config.SCALE, self.config.NUM_FRAMES
+        generator = torch.Generator().manual_seed(0)  # the global RNG stays untouched
+        lr = torch.rand((micro_batch, t, 3, h // s, w // s), generator=generator)
+        gt = torch.rand((micro_batch, 3, h, w), generator=generator)
+        weights = self.adaptive.weights
+        if self.loss.perceptual is not None:  # the VGG pass may be switched on later: count it
+            weights = dataclasses.replace(weights, perceptual=max(weights.perceptual, 1.0))
+        try:
+            with self._autocast():
+                sr = self.forward(lr.to(self.device))  # [n, 3, H, W]
+            total, _ = self.loss(sr, gt.to(self.device), weights)
+            total.backward()  # no scaler, no optimizer step: nothing of the run changes
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device)
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _shrink_after_oom(self, step: int, message: str) -> None:
+        """Halve the micro-batch (or switch checkpointing on) after an OOM in step `step`."""
+        old = self.batch_plan
+        assert old is not None
+        try:
+            new = after_oom(old, message)
+        except DeviceMemoryError:
+            log.error("out of memory in step %d at micro-batch 1 with gradient checkpointing", step)
+            raise
+        event = {
+            "step": step,
+            "micro_batch_before": old.micro_batch,
+            "micro_batch_after": new.micro_batch,
+            "accumulation_steps_after": new.accumulation_steps,
+            "gradient_checkpointing_after": new.gradient_checkpointing,
+            "error": message,
+        }
+        self.oom_events.append(event)
+        log.warning(
+            "out of memory in step %d at micro-batch %d (%s): redoing the step from the same "
+            "samples with micro-batch %d x %d accumulation, gradient checkpointing %s",
+            step,
+            old.micro_batch,
+            message,
+            new.micro_batch,
+            new.accumulation_steps,
+            "on" if new.gradient_checkpointing else "off",
+        )
+        self._apply_plan(new)
+
+    def runtime_facts(self) -> dict[str, Any]:
+        """The snapshot's `runtime` entries about this engine (read between steps)."""
+        plan = self.batch_plan
+        return {
+            "precision": self.precision.mode,
+            "precision_reason": self.precision.reason,
+            "batch_plan": plan.to_snapshot() if plan is not None else None,
+            "oom_events": len(self.oom_events),
+            "oom_recent": self.oom_events[-10:],
+            "validation_tiling": self.validation_tiling.to_snapshot(),
+        }
 
     def apply_config(self, config: Any) -> None:
         """A live config change (validated by the caller), effective from the next step."""
@@ -164,22 +315,14 @@ class TrainingEngine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         weights = self.adaptive.weights
-        accumulation = cfg.ACCUMULATION_STEPS
+        self.ensure_batch_plan()
 
         self.model.train()
         self.model.track_activity = logging_step
-        self.optimizer.zero_grad(set_to_none=True)
-        skipped: list[str] = []
-        terms = torch.zeros(5, device=self.device)  # total, l1, ms, gradient, perceptual
-        for _ in range(accumulation):
-            batch = next(self._batches)
-            skipped.extend(batch.skipped)
-            batch = batch.to(self.device, non_blocking=True)
-            with self._autocast():
-                sr = self.forward(batch.lr)  # [B, 3, H, W]
-            total, components = self.loss(sr, batch.gt, weights)
-            self.scaler.scale(total / accumulation).backward()
-            terms += torch.cat([total.detach().reshape(1), components])
+        samples = self._next_samples()  # on the host; split into micro-batches when used
+        skipped = [path for part in samples for path in part.skipped]
+        terms, sr, gt = self._accumulate_fitting(samples, weights, step_index + 1)
+        accumulation = self.batch_plan.accumulation_steps  # after an OOM: the reduced plan's
         self.samples_consumed += self.samples_per_step
 
         self.scaler.unscale_(self.optimizer)
@@ -200,7 +343,7 @@ class TrainingEngine:
         self.step += 1
         self.window.add(terms / accumulation, grad_norm, finite)
         sharpness = (
-            sharpness_ratio(sr.detach(), batch.gt)  # of the last micro-batch: a sample suffices
+            sharpness_ratio(sr, gt)  # of the last micro-batch: a sample suffices
             if self.adaptive.needs_sharpness
             else grad_norm.new_zeros(())
         )
@@ -218,6 +361,65 @@ class TrainingEngine:
             stats=self._read_stats() if logging_step else None,
             histograms=self._histograms() if self.step % cfg.HIST_STEP_EVERY == 0 else None,
         )
+
+    def _next_samples(self) -> list[TrainBatch]:
+        """One optimizer step's samples (EFFECTIVE_BATCH of them) as the loader's batches.
+
+        The loader yields batches of the micro-batch it was opened with, a divisor of the step's
+        samples; the step is split into micro-batches of the current plan only when it runs,
+        so a step that ran out of memory is redone from the same samples, split finer.
+        """
+        assert self._batches is not None
+        parts = [next(self._batches)]
+        count = parts[0].lr.shape[0]
+        while count < self.samples_per_step:
+            parts.append(next(self._batches))
+            count += parts[-1].lr.shape[0]
+        if count != self.samples_per_step:
+            raise RuntimeError(
+                f"loader batches gave {count} samples for a step of {self.samples_per_step}"
+            )
+        return parts
+
+    def _accumulate(
+        self, samples: list[TrainBatch], weights: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward of every micro-batch of one step: the summed terms [5], and the
+        last micro-batch's output and GT (device tensors, no sync)."""
+        assert self.batch_plan is not None
+        accumulation = self.batch_plan.accumulation_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = torch.zeros(5, device=self.device)  # total, l1, ms, gradient, perceptual
+        for micro in split_batch(samples, self.batch_plan.micro_batch):
+            batch = micro.to(self.device, non_blocking=True)
+            with self._autocast():
+                sr = self.forward(batch.lr)  # [B, 3, H, W]
+            total, components = self.loss(sr, batch.gt, weights)
+            self.scaler.scale(total / accumulation).backward()
+            terms += torch.cat([total.detach().reshape(1), components])
+        return terms, sr.detach(), batch.gt
+
+    def _accumulate_fitting(
+        self, samples: list[TrainBatch], weights: Any, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_accumulate`; after an out-of-memory error, memory is freed, the plan shrinks (half
+        the micro-batch, twice the accumulation) and the step is redone from the same samples."""
+        while True:
+            activity = None
+            if self.model.track_activity:  # a failed attempt must not count twice
+                activity = (self.model.activity_sum.clone(), self.model.activity_count.clone())
+            try:
+                return self._accumulate(samples, weights)
+            except torch.OutOfMemoryError as exc:
+                message = str(exc).splitlines()[0] if str(exc) else "out of memory"
+            # Outside the except block: the failed attempt's tensors are unreferenced now.
+            self.optimizer.zero_grad(set_to_none=True)
+            if activity is not None:
+                self.model.activity_sum.copy_(activity[0])
+                self.model.activity_count.copy_(activity[1])
+            del activity
+            free_device_memory(self.device)
+            self._shrink_after_oom(step, message)
 
     def _read_stats(self) -> StepStats:
         """The logging-cadence sync: one transfer of every window sum, then a new window."""
@@ -279,9 +481,11 @@ class TrainingEngine:
             autocast=self._autocast,
             progress=progress,
             used_ema=self.ema is not None,
+            tiling=self.validation_tiling,  # an OOM retries the clip in tiles, remembered
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # vram_usage_gb: peak since last val
+        self.runtime_version += 1  # the tiling may have changed
         return result
 
     def on_validation(self, step: int, quality_ki: float) -> None:
@@ -307,6 +511,8 @@ class TrainingEngine:
             "adaptive": cpu_copy(self.adaptive.state_dict()),
             "window": cpu_copy(self.window.state_dict()),
             "rng": capture_rng(),
+            "batch_plan": self.batch_plan.to_state() if self.batch_plan is not None else None,
+            "oom_events": list(self.oom_events),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -323,7 +529,10 @@ class TrainingEngine:
         restore_rng(state["rng"])
         self.step = int(state["step"])
         self.samples_consumed = int(state["samples_consumed"])
-        self._batches = self._open_loader()  # the sampler continues where the run stopped
+        self._restore_batch_plan(state.get("batch_plan"))
+        self.oom_events = list(state.get("oom_events") or [])
+        # the sampler continues where the run stopped (after the probe, if one is still due)
+        self._batches = self._open_loader() if self.batch_plan is not None else None
         self.adaptive.on_resume(self.step)
         self.resumed = Resumed(
             step=self.step,
@@ -332,6 +541,26 @@ class TrainingEngine:
             best_step=state.get("best_step"),
             validation_count=int(state.get("validation_count") or 0),
         )
+
+    def _restore_batch_plan(self, saved: dict[str, Any] | None) -> None:
+        """Keep the checkpoint's fitted (or OOM-reduced) plan while the config asks for the same
+        batch setting; a changed BATCH_SIZE/ACCUMULATION_STEPS/EFFECTIVE_BATCH wins."""
+        if saved is None:
+            return
+        plan = BatchPlan.from_state(saved)
+        if plan.requested != requested_setting(self.config):
+            log.info(
+                "the checkpoint's batch plan was made for %s; the config now asks for %s: "
+                "not reused",
+                plan.requested,
+                requested_setting(self.config),
+            )
+            return
+        if self.config.GRADIENT_CHECKPOINTING and not plan.gradient_checkpointing:
+            plan = dataclasses.replace(plan, gradient_checkpointing=True)
+        suffix = " (from the checkpoint)"
+        reason = plan.reason if plan.reason.endswith(suffix) else plan.reason + suffix
+        self._apply_plan(dataclasses.replace(plan, reason=reason))
 
     def close(self) -> None:
         """Stop loader workers (persistent workers otherwise outlive the run)."""

@@ -115,6 +115,7 @@ class Supervisor:
         self._signals_seen = 0
         self._hard_exit_hooks: list[Callable[[], None]] = []
         self._nonfinite_reported = 0  # skipped non-finite steps already named in the log
+        self._runtime_version = -1  # the engine's runtime facts last put into the store
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
 
@@ -217,6 +218,8 @@ class Supervisor:
             self.statistics.start()
             if self.worker.engine is None:
                 await self.worker.start()  # model, optimizer and data, on the GPU thread
+            await self.worker.call(self.worker.engine.ensure_batch_plan)  # "auto": the probe
+            self._publish_runtime()
             self._restore_from(self.worker.engine.resumed)
             self.phase = Phase.RUNNING
             self.store.set_config_live(live_values(self.config))
@@ -226,6 +229,14 @@ class Supervisor:
         finally:
             await self._shutdown()
         return self.exit_code
+
+    def _publish_runtime(self) -> None:
+        """Precision, batch plan, OOM events and validation tiling into the store's `runtime`,
+        when the engine's have changed (read while the GPU thread is idle, between calls)."""
+        engine = self.worker.engine
+        if engine.runtime_version != self._runtime_version:
+            self._runtime_version = engine.runtime_version
+            self.store.set_extra(**engine.runtime_facts())
 
     def _restore_from(self, resumed: Any) -> None:
         """A resumed run keeps its run id, step, best quality and validation count."""
@@ -248,6 +259,7 @@ class Supervisor:
             if self.phase is not Phase.RUNNING:
                 continue
             result = await self.worker.train_step()
+            self._publish_runtime()  # e.g. a batch plan reduced by an out-of-memory step
             self._publish_step(result)
             step = result.step
             if self.phase is Phase.RUNNING and validation_due(step, self.config.VAL_STEP_EVERY):
@@ -402,6 +414,7 @@ class Supervisor:
             return
         step = self.store.progress.step
         await self.worker.call(self.worker.engine.on_validation, step, result.quality_ki)
+        self._publish_runtime()  # e.g. validation tiles after an out-of-memory clip
         improved = self.store.publish_validation(result, step=step, trigger=trigger.value)
         snapshot = self.store.snapshot()  # the results are in; training may go on after this
         written = self.statistics.submit(step, snapshot)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from vsr_async.metrics import psnr, quality, ssim
 from vsr_async.reports import ImageMetrics, ValidationResult
+from vsr_async.tiling import TiledInference
 
 STRIP_IMAGES = 8  # validation images that get an LR | output | GT strip (panel, TensorBoard)
 
@@ -44,7 +45,11 @@ def run_validation(
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     progress: Callable[[float], None] = lambda fraction: None,
     used_ema: bool = False,
+    tiling: TiledInference | None = None,
 ) -> ValidationResult:
+    """Metrics of every validation clip; one that runs out of device memory is restored in
+    tiles (`tiling` remembers the tiling across calls; a fresh one if None)."""
+    tiling = tiling if tiling is not None else TiledInference()
     started = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -57,7 +62,7 @@ def run_validation(
             lr_frames = lr_frames.unsqueeze(0).to(device)  # [1, T, 3, h, w]
             gt = gt.unsqueeze(0).to(device)  # [1, 3, H, W]
             with autocast():
-                sr = model(lr_frames)
+                sr = tiling(model, lr_frames, scale=scale, name=name)  # [1, 3, H, W]
             sr = sr.float().clamp(0, 1)  # metrics on the clamped output (DESIGN §3)
             lr_up = bicubic_upscale(lr_frames[:, centre].float(), scale).clamp(0, 1)
             values = torch.stack(
