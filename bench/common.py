@@ -1,0 +1,95 @@
+"""Shared pieces of the benchmarks: a demo-data config, percentiles, a table printer.
+
+Benchmarks compare within one run (interleaved trials, medians) so that the noise of a shared
+machine cancels; they print a table and a final JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from config import Config, build_config  # noqa: E402
+from vsr_async.data.demo import build_demo_dataset  # noqa: E402
+
+DEMO_DATASET = REPO / "vsr_demo" / "bench-dataset"
+
+
+def bench_config(run_dir: Path, **overrides: Any) -> Config:
+    """The demo model on the demo data, with nothing due (no validation, no checkpoint)."""
+    from vsr_async.__main__ import DEMO_SETTINGS
+
+    build_demo_dataset(DEMO_DATASET, scale=3, num_frames=5)
+    values = {
+        **DEMO_SETTINGS,
+        "DATASET_ROOT": str(DEMO_DATASET),
+        "DATA_ROOT": str(run_dir),
+        "VAL_STEP_EVERY": 10**9,
+        "SAVE_STEP_EVERY": 10**9,
+        "MAX_STEPS": 10**9,
+        "KEYBOARD_ENABLED": False,
+        "WEB_PORT": 0,
+        **overrides,
+    }
+    return build_config(values)
+
+
+def temp_run_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"vsr-bench-{prefix}-"))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0–100), linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    table = [header, *[[cell(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    print(f"\n{title}")
+    for i, row in enumerate(table):
+        print("  " + "  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """The final JSON line (machine-readable)."""
+    print(json.dumps(result, sort_keys=True))
+
+
+def machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
