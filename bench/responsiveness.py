@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from common import (
     bench_config,
     machine,
@@ -150,6 +151,8 @@ def summarize(values: list[float]) -> tuple[float, float]:
 
 async def measure(args: argparse.Namespace) -> dict:
     overrides = {"LOG_TBOARD_EVERY": 10}
+    if args.threads:
+        torch.set_num_threads(args.threads)  # before the GPU thread starts (it inherits it)
     if args.device:
         overrides["DEVICE"] = args.device
     config = bench_config(temp_run_dir("responsiveness"), **overrides)
@@ -224,6 +227,7 @@ async def measure(args: argparse.Namespace) -> dict:
         "failed_requests": len(bad),
         "step_time_write_ratio": write_ratio,
         "machine": machine(),
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -234,6 +238,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second")
     parser.add_argument("--pairs", type=int, default=40, help="steps with/without a write")
     parser.add_argument("--device")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.pairs = 15.0, 20

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ def build_train_loader(
             multiprocessing_context=_worker_start_method(),
             persistent_workers=True,
             prefetch_factor=PREFETCH_BATCHES_PER_WORKER,
+            worker_init_fn=_ignore_interrupts,
         )
     return TrainLoader(
         dataset,
@@ -158,6 +160,12 @@ def build_datasets(config: Config, info: DatasetInfo) -> tuple[SkippingDataset, 
         FrameTrainDataset(clips, info.num_frames, info.scale, info.train_gt_size[0]),
         FrameValDataset(windows, info.num_frames, info.scale),
     )
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """Ctrl+C reaches the whole process group; the main process stops the run gracefully (and
+    its workers with it), so a worker must not die first and fail the step still running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_start_method() -> str:
