@@ -27,6 +27,7 @@ from vsr_async.data.loader import TrainBatch
 from vsr_async.engine import TrainingEngine
 from vsr_async.errors import VsrError
 from vsr_async.launch import scan
+from vsr_async.memory_probe import probe_batch_plan
 
 GB = 10**9
 
@@ -227,7 +228,7 @@ def test_engine_probe_measures_real_trial_steps_and_changes_nothing(
     weights = [p.detach().clone() for p in engine.model.parameters()]
     rng = torch.get_rng_state()
 
-    plan = engine._probe_batch_plan()
+    plan = probe_batch_plan(engine)
 
     assert (plan.micro_batch, plan.accumulation_steps, plan.gradient_checkpointing) == (2, 4, False)
     assert plan.limit_bytes == 9 * GB and plan.measured_peak_bytes == 8 * GB

@@ -102,7 +102,7 @@ async def test_bf16_autocast_trains_and_validates_on_the_cpu(start_run) -> None:
         convs = [m for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d)]
         hooks = [c.register_forward_hook(lambda m, i, out: seen.add(out.dtype)) for c in convs]
         try:
-            with torch.no_grad(), engine._autocast():
+            with torch.no_grad(), engine.autocast():
                 engine.model(torch.rand(1, 3, 3, 8, 8))
         finally:
             for hook in hooks:
@@ -131,7 +131,7 @@ async def test_validation_uses_the_ema_weights(start_run) -> None:
 
     def validate_both() -> tuple[float, float]:
         kw = dict(
-            device=engine.device, scale=3, num_frames=3, autocast=engine._autocast, used_ema=True
+            device=engine.device, scale=3, num_frames=3, autocast=engine.autocast, used_ema=True
         )
         ema = run_validation(engine.ema.model, engine.val_set, **kw)
         live = run_validation(engine.model, engine.val_set, **kw)

@@ -20,22 +20,19 @@ import torch
 
 from vsr_async.adaptive import AdaptiveSystem
 from vsr_async.batch_fit import (
-    SAFETY_MARGIN,
     BatchPlan,
     DeviceMemoryError,
     after_oom,
     configured_plan,
     effective_batch,
-    fit_batch,
-    optimizer_state_placeholders,
     requested_setting,
     split_batch,
     unlimited_plan,
-    usable_device_memory,
 )
 from vsr_async.data.loader import TrainBatch, build_datasets, build_train_loader
 from vsr_async.ema import EmaWeights
 from vsr_async.losses import LossComputer, sharpness_ratio
+from vsr_async.memory_probe import probe_batch_plan
 from vsr_async.model import VSRNet
 from vsr_async.precision import PrecisionPlan, precision_for, resolve_device
 from vsr_async.reports import StepResult, StepStats, ValidationResult
@@ -159,7 +156,7 @@ class TrainingEngine:
             )
         )
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = self.precision.autocast_dtype
         if dtype is None:
             return contextlib.nullcontext()
@@ -170,7 +167,7 @@ class TrainingEngine:
     def ensure_batch_plan(self) -> BatchPlan:
         """The batch plan; for BATCH_SIZE="auto" on CUDA, probed once before the first step."""
         if self.batch_plan is None:
-            self._apply_plan(self._probe_batch_plan())
+            self._apply_plan(probe_batch_plan(self))
         if self._batches is None:
             self._batches = self._open_loader()
         assert self.batch_plan is not None
@@ -181,65 +178,6 @@ class TrainingEngine:
         self.model.gradient_checkpointing = plan.gradient_checkpointing
         self.runtime_version += 1
         log.info("batch plan: %s", plan.describe())
-
-    def _probe_batch_plan(self) -> BatchPlan:
-        """Real trial steps (forward+backward, no optimizer step) at the training sample size.
-
-        The peak is measured with max_memory_allocated; memory AdamW's state will take is held
-        by placeholders meanwhile. Weights, optimizer state and the RNG are left as they were.
-        """
-        usable = usable_device_memory(self.device)
-        limit = int(usable * (1 - SAFETY_MARGIN))
-        log.info(
-            'BATCH_SIZE="auto": probing micro-batches for EFFECTIVE_BATCH=%d on %s '
-            "(%.2f GB usable, limit %.2f GB with a %d%% margin)",
-            self.samples_per_step,
-            self.device,
-            usable / 1e9,
-            limit / 1e9,
-            round(SAFETY_MARGIN * 100),
-        )
-        placeholders = optimizer_state_placeholders(self.model, self.optimizer)
-        try:
-            return fit_batch(
-                self.samples_per_step,
-                self._trial_step,
-                limit_bytes=limit,
-                requested=requested_setting(self.config),
-                checkpointing_configured=self.config.GRADIENT_CHECKPOINTING,
-            )
-        finally:
-            del placeholders
-            self.optimizer.zero_grad(set_to_none=True)
-            self.model.gradient_checkpointing = self.config.GRADIENT_CHECKPOINTING
-            free_device_memory(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)  # vram_usage_gb starts after it
-
-    def _trial_step(self, micro_batch: int, checkpointing: bool) -> int:
-        """Forward+backward of `micro_batch` synthetic samples; the peak allocated bytes."""
-        self.optimizer.zero_grad(set_to_none=True)
-        free_device_memory(self.device)  # what a failed trial held is unreferenced by now
-        torch.cuda.reset_peak_memory_stats(self.device)
-        self.model.train()
-        self.model.track_activity = False
-        self.model.gradient_checkpointing = checkpointing
-        w, h = self.train_gt_size
-        s, t = self.config.SCALE, self.config.NUM_FRAMES
-        generator = torch.Generator().manual_seed(0)  # the global RNG stays untouched
-        lr = torch.rand((micro_batch, t, 3, h // s, w // s), generator=generator)
-        gt = torch.rand((micro_batch, 3, h, w), generator=generator)
-        weights = self.adaptive.weights
-        if self.loss.perceptual is not None:  # the VGG pass may be switched on later: count it
-            weights = dataclasses.replace(weights, perceptual=max(weights.perceptual, 1.0))
-        try:
-            with self._autocast():
-                sr = self.forward(lr.to(self.device))  # [n, 3, H, W]
-            total, _ = self.loss(sr, gt.to(self.device), weights)
-            total.backward()  # no scaler, no optimizer step: nothing of the run changes
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
 
     def _shrink_after_oom(self, step: int, message: str) -> None:
         """Halve the micro-batch (or switch checkpointing on) after an OOM in step `step`."""
@@ -392,7 +330,7 @@ class TrainingEngine:
         terms = torch.zeros(5, device=self.device)  # total, l1, ms, gradient, perceptual
         for micro in split_batch(samples, self.batch_plan.micro_batch):
             batch = micro.to(self.device, non_blocking=True)
-            with self._autocast():
+            with self.autocast():
                 sr = self.forward(batch.lr)  # [B, 3, H, W]
             total, components = self.loss(sr, batch.gt, weights)
             self.scaler.scale(total / accumulation).backward()
@@ -478,7 +416,7 @@ class TrainingEngine:
             device=self.device,
             scale=self.config.SCALE,
             num_frames=self.config.NUM_FRAMES,
-            autocast=self._autocast,
+            autocast=self.autocast,
             progress=progress,
             used_ema=self.ema is not None,
             tiling=self.validation_tiling,  # an OOM retries the clip in tiles, remembered
