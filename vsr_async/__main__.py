@@ -162,12 +162,18 @@ def scan_with_progress(config: Config) -> Any:
 def check(config: Config) -> int:
     info = scan_with_progress(config)
     print(f"config: ok ({len(config.to_dict())} keys)")
-    print(f"dataset: {info.describe() if hasattr(info, 'describe') else info}")
+    print(f"dataset: {info.describe()}")
     print(
         f"model: N_FEATS={config.N_FEATS} N_BLOCKS={config.N_BLOCKS} "
         f"NUM_FRAMES={config.NUM_FRAMES} SCALE=x{config.SCALE}"
     )
-    print(f"batch: {config.BATCH_SIZE} x {config.ACCUMULATION_STEPS} accumulation")
+    if config.BATCH_SIZE == "auto":
+        print(f"batch: auto, probed at start for EFFECTIVE_BATCH={config.EFFECTIVE_BATCH}")
+    else:
+        print(
+            f"batch: {config.BATCH_SIZE} x {config.ACCUMULATION_STEPS} accumulation = "
+            f"{config.BATCH_SIZE * config.ACCUMULATION_STEPS} samples per step"
+        )
     print(f"run directory: {Path(config.DATA_ROOT).resolve()}")
     return 0
 
