@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 MAX_EXAMPLES = 25  # per operation and mode: about 250 cases in all
-PANEL_LINE = re.compile(r"web panel at (http://127\.0\.0\.1:\d+)/")
+PANEL_LINE = re.compile(r"web panel: (http://127\.0\.0\.1:\d+)/")
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +60,21 @@ def server(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         [*command, "--port", "0", "--no-keyboard"],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert process.stdout is not None
+        assert process.stderr is not None
         base_url = None
-        for line in process.stdout:  # the panel prints its URL once it is bound
+        for line in process.stderr:  # the panel logs its URL once it is bound
             if found := PANEL_LINE.search(line):
                 base_url = found.group(1)
                 break
-        assert base_url, f"no panel URL printed (exit code {process.poll()})"
+        assert base_url, f"no panel URL logged (exit code {process.poll()})"
+        # Keep reading the log, or a full pipe would block the run's logging thread.
+        drain = threading.Thread(target=process.stderr.read, daemon=True)
+        drain.start()
         yield base_url
         stop = urllib.request.Request(f"{base_url}/stop", method="POST")
         with urllib.request.urlopen(stop, timeout=30) as response:
@@ -80,8 +84,8 @@ def server(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if process.poll() is None:
             process.kill()
             process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 @pytest.fixture(scope="module")

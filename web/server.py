@@ -94,8 +94,6 @@ class WebPanel:
                 file=sys.stdout,
                 flush=True,
             )
-        else:
-            print(f"vsr_async: web panel at {self.url}", file=sys.stdout, flush=True)
 
     async def stop(self) -> None:
         if self._runner is None:
