@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from common import REPO, machine, median, print_result, print_table, temp_run_dir
-from reference_data import FRAMES, GT_SIZE, SCALE, build_reference_dataset
+from reference_data import FRAMES, GT_SIZE, REFERENCE_SETTINGS, SCALE, build_reference_dataset
 
 from config import build_config
 from vsr_async.data.loader import build_datasets, build_train_loader
@@ -30,26 +30,11 @@ from vsr_async.engine import TrainingEngine
 from vsr_async.launch import scan
 from vsr_async.model import ResBlock
 
-REFERENCE = {
-    "N_FEATS": 128,
-    "N_BLOCKS": 32,
-    "BATCH_SIZE": 4,
-    "NUM_FRAMES": FRAMES,
-    "SCALE": SCALE,
-    "DATASET_LAYOUT": "patches",
-    "MAX_STEPS": 10**9,
-    "VAL_STEP_EVERY": 10**9,
-    "SAVE_STEP_EVERY": 10**9,
-    "HIST_STEP_EVERY": 10**9,
-    "NUM_WORKERS": 4,
-    "WARMUP_STEPS": 10,
-}
-
 
 def make_engine(dataset: Path, **overrides) -> TrainingEngine:
     config = build_config(
         {
-            **REFERENCE,
+            **REFERENCE_SETTINGS,
             "DATASET_ROOT": str(dataset),
             "DATA_ROOT": str(temp_run_dir("gpu")),
             **overrides,

@@ -28,20 +28,6 @@ from common import REPO, machine, print_result, print_table, temp_run_dir
 
 RESULT_PREFIX = "GPU_FIT_RESULT "
 
-REFERENCE = {
-    "N_FEATS": 128,
-    "N_BLOCKS": 32,
-    "BATCH_SIZE": "auto",
-    "EFFECTIVE_BATCH": 8,
-    "DATASET_LAYOUT": "patches",
-    "MAX_STEPS": 10**9,
-    "VAL_STEP_EVERY": 10**9,
-    "SAVE_STEP_EVERY": 10**9,
-    "HIST_STEP_EVERY": 10**9,
-    "NUM_WORKERS": 4,
-    "WARMUP_STEPS": 10,
-}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,7 +52,7 @@ def run_one_cap(args: argparse.Namespace) -> dict[str, Any]:
     from vsr_async.launch import scan
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from reference_data import FRAMES, SCALE, build_reference_dataset
+    from reference_data import REFERENCE_SETTINGS, build_reference_dataset
 
     cap_bytes = int(args.one_cap * 1e9)
     total = torch.cuda.get_device_properties(0).total_memory
@@ -74,9 +60,9 @@ def run_one_cap(args: argparse.Namespace) -> dict[str, Any]:
     dataset = build_reference_dataset(REPO / "vsr_demo" / "bench-reference")
     config = build_config(
         {
-            **REFERENCE,
-            "NUM_FRAMES": FRAMES,
-            "SCALE": SCALE,
+            **REFERENCE_SETTINGS,
+            "BATCH_SIZE": "auto",
+            "EFFECTIVE_BATCH": 8,
             "AMP": args.amp,
             "DATASET_ROOT": str(dataset),
             "DATA_ROOT": str(temp_run_dir("gpu-fit")),

@@ -19,6 +19,22 @@ from vsr_async.data.images import write_png
 
 GT_SIZE, SCALE, FRAMES = 540, 3, 5
 
+# The reference run of DESIGN §10 (nothing due: no validation, checkpoint or histogram).
+REFERENCE_SETTINGS = {
+    "N_FEATS": 128,
+    "N_BLOCKS": 32,
+    "BATCH_SIZE": 4,
+    "NUM_FRAMES": FRAMES,
+    "SCALE": SCALE,
+    "DATASET_LAYOUT": "patches",
+    "MAX_STEPS": 10**9,
+    "VAL_STEP_EVERY": 10**9,
+    "SAVE_STEP_EVERY": 10**9,
+    "HIST_STEP_EVERY": 10**9,
+    "NUM_WORKERS": 4,
+    "WARMUP_STEPS": 10,
+}
+
 
 def _photo(name: str, min_side: int) -> np.ndarray:
     image = getattr(skimage.data, name)()

@@ -97,7 +97,7 @@ async def checkpoint(request: web.Request) -> web.Response:
     await read_json(request)
     supervisor = request.app[SUPERVISOR]
     if not supervisor.checkpoints_available:
-        raise ApiError(501, "checkpoints are not available in this version of vsr_async yet")
+        raise ApiError(501, "checkpoints are off for this run")
     require_running(supervisor, "save a checkpoint")
     request.app[EVENTS].watch_command("checkpoint", supervisor.save_checkpoint("web"))
     return accepted("checkpoint")

@@ -279,7 +279,7 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
             "409": _error("the run is stopping"),
         }
         if command == "checkpoint":
-            responses["501"] = _error("checkpoints are not available in this version")
+            responses["501"] = _error("checkpoints are off for this run")
         paths[f"/{command}"] = {"post": op(summary, responses, unsafe=True, tags=("control",))}
 
     document: dict[str, Any] = {
