@@ -12,7 +12,8 @@ from helpers import wait_until
 from rich.console import Console
 
 from vsr_async.commands import Trigger
-from vsr_async.dashboard import MAX_FRAMES_PER_S, MISSING, Dashboard
+from vsr_async.dashboard import MAX_FRAMES_PER_S, Dashboard
+from vsr_async.dashboard_frame import MISSING
 from vsr_async.store import StatsStore
 
 # The snapshot keys the dashboard shows; each one that is None shows exactly one MISSING.
