@@ -141,6 +141,11 @@ def test_values_that_do_not_exist_yet_are_dashes_not_constants() -> None:
     assert "STARTING" in text
     store.set_extra(web_url="http://127.0.0.1:41234/")
     assert "panel http://127.0.0.1:41234/" in draw(Dashboard(store, config), store.snapshot())
+    # A generated token reaches the terminal through the panel, never through the store.
+    dashboard = Dashboard(store, config)
+    dashboard.panel_link = lambda: "http://vm:5050/?token=abc123"
+    assert "panel http://vm:5050/?token=abc123" in draw(dashboard, store.snapshot())
+    assert "abc123" not in str(store.snapshot())
 
 
 async def test_dashboard_service_redraws_on_changes_at_most_4_per_second(start_run) -> None:

@@ -183,16 +183,20 @@ async def train(config: Config, args: argparse.Namespace) -> int:
 
     info = scan_with_progress(config)
     run = build_run(config, info, resume=args.resume)
+    panel = None
     if config.WEB_ENABLED:
         from web.server import WebPanel
 
-        run.supervisor.add_service(WebPanel(run.supervisor, config, run.logging))
+        panel = WebPanel(run.supervisor, config, run.logging)
+        run.supervisor.add_service(panel)
     from vsr_async.dashboard import Dashboard
     from vsr_async.keyboard import KeyboardReader
 
     dashboard = Dashboard.for_terminal(run.supervisor, run.logging)  # None without a TTY
     keyboard = KeyboardReader(run.supervisor, dashboard)
     if dashboard is not None:
+        if panel is not None:
+            dashboard.panel_link = panel.browser_link  # the token, if one was generated
         run.supervisor.add_service(dashboard)
     run.supervisor.add_service(keyboard)
     run.supervisor.install_signal_handlers()

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -60,6 +61,7 @@ class Dashboard:
         self.help_visible = False
         self.keyboard_active = False
         self.keyboard_note = "stdin is not a terminal"
+        self.panel_link: Callable[[], str | None] | None = None  # set by the CLI (web panel)
         self.frames_drawn = 0
         self._message: tuple[str, str, float, bool] | None = None
         self._live: Live | None = None
@@ -106,6 +108,8 @@ class Dashboard:
         return text, style
 
     def panel_url(self, snapshot: dict[str, Any]) -> str:
+        if self.panel_link is not None and (link := self.panel_link()):
+            return link  # may carry a generated token: this terminal is where it is shown
         runtime = snapshot.get("runtime") or {}
         url = runtime.get("web_url")
         if url:

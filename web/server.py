@@ -58,6 +58,15 @@ class WebPanel:
     def token(self) -> str | None:
         return self.app[SECURITY].token
 
+    def browser_link(self) -> str | None:
+        """The address to open, with a generated token (shown on this terminal only: it never
+        goes into the store, the snapshot files or training.log). None before the panel runs."""
+        if self.port is None:
+            return None
+        if self.app[SECURITY].token_generated:
+            return f"{self.url}?token={self.token}"
+        return self.url
+
     @property
     def url(self) -> str:
         """The panel's address (without the token)."""
