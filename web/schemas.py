@@ -103,6 +103,10 @@ SNAPSHOT_FIELDS: dict[str, dict[str, Any]] = {
         for k in ("training_active", "validation_running", "training_paused", "training_stopped")
     },
     "validation_progress": {"type": "number", "minimum": 0, "maximum": 1},
+    "run_phase": {
+        "type": "string",
+        "enum": ["starting", "running", "paused", "validating", "stopping", "stopped"],
+    },
     "last_update_time": {"type": "string"},
     "layer_activity_map": {"type": "object", "additionalProperties": NULLABLE_NUMBER},
     "corrupt_files": {"type": "array", "items": {"type": "string"}},
