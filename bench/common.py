@@ -41,6 +41,31 @@ def bench_config(run_dir: Path, **overrides: Any) -> Config:
     return build_config(values)
 
 
+async def start_bench_run(
+    name: str, overrides: dict[str, Any], *, threads: int | None = None, device: str | None = None
+):
+    """The real runtime on the demo model with its web panel (idle) and no dashboard, training
+    in the background. Returns (run, panel, the task that ends with the run)."""
+    import asyncio
+
+    import torch
+
+    from vsr_async.launch import build_run, scan_async
+    from web.server import WebPanel
+
+    if threads:
+        torch.set_num_threads(threads)  # before the GPU thread starts (it inherits it)
+    if device:
+        overrides = {**overrides, "DEVICE": device}
+    config = bench_config(temp_run_dir(name), **overrides)
+    run = build_run(config, await scan_async(config), resume="never", console_log=False)
+    panel = WebPanel(run.supervisor, config, run.logging)
+    run.supervisor.add_service(panel)
+    execution = asyncio.create_task(run.execute())
+    await run.supervisor.started.wait()
+    return run, panel, execution
+
+
 def temp_run_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"vsr-bench-{prefix}-"))
 

@@ -24,11 +24,9 @@ import asyncio
 import time
 
 import torch
-from common import bench_config, machine, median, print_result, print_table, temp_run_dir
+from common import machine, median, print_result, print_table, start_bench_run
 
 from vsr_async.commands import Phase
-from vsr_async.launch import build_run, scan_async
-from web.server import WebPanel
 
 
 class StepClock:
@@ -85,16 +83,10 @@ async def measure(args: argparse.Namespace) -> dict:
     overrides = {"LOG_TBOARD_EVERY": args.log_every}
     if args.workers is not None:
         overrides["NUM_WORKERS"] = args.workers
-    if args.threads:
-        torch.set_num_threads(args.threads)  # before the GPU thread starts (it inherits it)
-    if args.device:
-        overrides["DEVICE"] = args.device
-    config = bench_config(temp_run_dir("overhead"), **overrides)
-    info = await scan_async(config)
-    run = build_run(config, info, resume="never", console_log=False)
-    run.supervisor.add_service(WebPanel(run.supervisor, config, run.logging))
-    execution = asyncio.create_task(run.execute())
-    await run.supervisor.started.wait()
+    run, _, execution = await start_bench_run(
+        "overhead", overrides, threads=args.threads, device=args.device
+    )
+    config = run.config
     await run.supervisor.pause()
     worker, engine = run.supervisor.worker, run.supervisor.worker.engine
 

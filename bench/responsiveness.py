@@ -20,19 +20,17 @@ from pathlib import Path
 
 import torch
 from common import (
-    bench_config,
     machine,
     median,
     percentile,
     print_result,
     print_table,
+    start_bench_run,
     temp_run_dir,
 )
 
 from vsr_async.commands import Trigger
-from vsr_async.launch import build_run, scan_async
 from vsr_async.statistics import StatisticsWriter
-from web.server import WebPanel
 
 PROBE_INTERVAL_S = 0.005
 
@@ -150,18 +148,9 @@ def summarize(values: list[float]) -> tuple[float, float]:
 
 
 async def measure(args: argparse.Namespace) -> dict:
-    overrides = {"LOG_TBOARD_EVERY": 10}
-    if args.threads:
-        torch.set_num_threads(args.threads)  # before the GPU thread starts (it inherits it)
-    if args.device:
-        overrides["DEVICE"] = args.device
-    config = bench_config(temp_run_dir("responsiveness"), **overrides)
-    info = await scan_async(config)
-    run = build_run(config, info, resume="never", console_log=False)
-    panel = WebPanel(run.supervisor, config, run.logging)
-    run.supervisor.add_service(panel)
-    execution = asyncio.create_task(run.execute())
-    await run.supervisor.started.wait()
+    run, panel, execution = await start_bench_run(
+        "responsiveness", {"LOG_TBOARD_EVERY": 10}, threads=args.threads, device=args.device
+    )
     url = f"{panel.url}api/snapshot"
     probe, timeline = LagProbe(run.store), ValidationTimeline(run.store)
     probe.start()
