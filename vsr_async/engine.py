@@ -406,8 +406,13 @@ class TrainingEngine:
 
     # --- validation ----------------------------------------------------------------------------
 
-    def validate(self, progress: Callable[[float], None] = lambda f: None) -> ValidationResult:
-        """Validate with the EMA weights when EMA is on, else the live weights."""
+    def validate(
+        self,
+        progress: Callable[[float], None] = lambda f: None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> ValidationResult:
+        """Validate with the EMA weights when EMA is on, else the live weights; `should_stop`
+        is polled per image (a stop interrupts with `ValidationInterrupted`)."""
         model = self.ema.model if self.ema is not None else self.model
         self.model.track_activity = False
         result = run_validation(
@@ -418,6 +423,7 @@ class TrainingEngine:
             num_frames=self.config.NUM_FRAMES,
             autocast=self.autocast,
             progress=progress,
+            should_stop=should_stop,
             used_ema=self.ema is not None,
             tiling=self.validation_tiling,  # an OOM retries the clip in tiles, remembered
         )

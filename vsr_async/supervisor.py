@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from vsr_async.reports import StepResult, ValidationResult
 from vsr_async.statistics import StatisticsWriter
 from vsr_async.store import StatsStore
 from vsr_async.tensorboard import TensorBoardLogger
+from vsr_async.validation import ValidationInterrupted
 from vsr_async.worker import GpuWorker
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,9 @@ class Supervisor:
         self._paused_before_validation = False
         self._background: set[asyncio.Task[Any]] = set()
         self._signals_seen = 0
+        # Set by the first stop request from any producer; the GPU thread polls it between
+        # validation images, so a stop never waits for a whole validation set.
+        self._stop_requested = threading.Event()
         self._hard_exit_hooks: list[Callable[[], None]] = []
         self._nonfinite_reported = 0  # skipped non-finite steps already named in the log
         self._runtime_version = -1  # the engine's runtime facts last put into the store
@@ -146,7 +151,7 @@ class Supervisor:
         Await `request.result` for the `ValidationReport` (resolved once its Statistik file is
         written).
         """
-        if self.phase in (Phase.STOPPING, Phase.STOPPED):
+        if self.phase in (Phase.STOPPING, Phase.STOPPED) or self._stop_requested.is_set():
             raise CommandNotAvailable("the run is stopping")
         queued = self._queued_validation
         if queued is not None and queued.status is RequestStatus.QUEUED:
@@ -173,6 +178,8 @@ class Supervisor:
         return self._enqueue(cmd.SaveCheckpoint(result=self._future(), reason=reason))
 
     def stop(self, reason: str = "requested") -> asyncio.Future[Any]:
+        """Stop at the next step boundary; a validation in progress ends at its next image."""
+        self._stop_requested.set()
         return self._enqueue(cmd.Stop(result=self._future(), reason=reason))
 
     def apply_config(self, changes: dict[str, Any]) -> asyncio.Future[Any]:
@@ -191,7 +198,7 @@ class Supervisor:
         self._hard_exit_hooks.append(hook)
 
     def install_signal_handlers(self) -> None:
-        """SIGINT/SIGTERM stop at the next step boundary; a second SIGINT exits at once."""
+        """SIGINT/SIGTERM stop at the next step boundary; a second one of either exits at once."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self._on_signal, signal.SIGINT)
         loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
@@ -199,13 +206,19 @@ class Supervisor:
     def _on_signal(self, signum: int) -> None:
         self._signals_seen += 1
         name = signal.Signals(signum).name
-        if self._signals_seen > 1 and signum == signal.SIGINT:
+        if self._signals_seen > 1:
             for hook in self._hard_exit_hooks:
                 with contextlib.suppress(Exception):
                     hook()
-            os.write(2, b"\nvsr_async: second interrupt, exiting now (files stay whole)\n")
-            os._exit(130)
-        log.warning("%s received: stopping at the next step boundary (again to exit now)", name)
+            message = f"\nvsr_async: {name} again: exiting now, without a final checkpoint (every "
+            message += "file on disk is whole: writes are atomic)\n"
+            os.write(2, message.encode())
+            os._exit(128 + signum)
+        log.warning(
+            "%s received: stopping%s with a final checkpoint; send it again to exit at once",
+            name,
+            " (interrupting the validation)" if self.phase is Phase.VALIDATING else "",
+        )
         self.stop(reason=f"signal {name}")
 
     # --- the loop ------------------------------------------------------------------------------
@@ -397,20 +410,28 @@ class Supervisor:
             request.status = RequestStatus.RUNNING
             if self._queued_validation is request:
                 self._queued_validation = None
+        if self._stop_requested.is_set():  # a stop is queued: do not start a validation
+            self._fail_request(request, CommandNotAvailable("the run is stopping"))
+            return
         previous = self.phase
         self.phase = Phase.VALIDATING
         self.store.validation_started(trigger.value)
+        log.info("validation started at step %d (%s)", self.store.progress.step, trigger.value)
         try:
-            result = await self.worker.validate(self.store.set_validation_progress)
+            result = await self.worker.validate(
+                self.store.set_validation_progress, self._stop_requested.is_set
+            )
+        except ValidationInterrupted as exc:
+            log.warning("%s: the run is stopping (an unfinished validation writes no file)", exc)
+            self.store.validation_failed()
+            self.phase = previous
+            self._fail_request(request, CommandNotAvailable(f"{exc} by a stop"))
+            return
         except Exception as exc:
             log.exception("validation failed")
             self.store.validation_failed()
             self.phase = previous
-            if request is not None:
-                request.status, request.error = RequestStatus.FAILED, str(exc)
-                if not request.result.done():
-                    request.result.set_exception(exc)
-                    request.result.exception()
+            self._fail_request(request, exc)
             return
         step = self.store.progress.step
         await self.worker.call(self.worker.engine.on_validation, step, result.quality_ki)
@@ -448,6 +469,15 @@ class Supervisor:
                 )
             }
             self._spawn(self._finish_request(request, step, metrics, written))
+
+    @staticmethod
+    def _fail_request(request: ValidationRequest | None, exc: Exception) -> None:
+        if request is None:
+            return
+        request.status, request.error = RequestStatus.FAILED, str(exc)
+        if not request.result.done():
+            request.result.set_exception(exc)
+            request.result.exception()  # retrieved: the producer may not be waiting
 
     async def _finish_request(
         self,

@@ -23,6 +23,14 @@ from vsr_async.tiling import TiledInference
 STRIP_IMAGES = 8  # validation images that get an LR | output | GT strip (panel, TensorBoard)
 
 
+class ValidationInterrupted(Exception):
+    """A stop arrived while validating: the remaining images are skipped (no partial results)."""
+
+    def __init__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        super().__init__(f"validation interrupted after {done} of {total} images")
+
+
 def bicubic_upscale(frame: Tensor, scale: int) -> Tensor:
     """The "LR" reference: bicubic upscaling of the centre LR frame, [B,3,h,w] → [B,3,H,W]."""
     return F.interpolate(frame, scale_factor=scale, mode="bicubic", align_corners=False)
@@ -44,11 +52,15 @@ def run_validation(
     num_frames: int,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     progress: Callable[[float], None] = lambda fraction: None,
+    should_stop: Callable[[], bool] = lambda: False,
     used_ema: bool = False,
     tiling: TiledInference | None = None,
 ) -> ValidationResult:
     """Metrics of every validation clip; one that runs out of device memory is restored in
-    tiles (`tiling` remembers the tiling across calls; a fresh one if None)."""
+    tiles (`tiling` remembers the tiling across calls; a fresh one if None).
+
+    `should_stop` is asked before every image, so a stop never waits for the whole set; it
+    raises `ValidationInterrupted`."""
     tiling = tiling if tiling is not None else TiledInference()
     started = time.perf_counter()
     was_training = model.training
@@ -58,6 +70,8 @@ def run_validation(
     count = len(val_set)
     try:
         for i in range(count):
+            if should_stop():
+                raise ValidationInterrupted(i, count)
             name, lr_frames, gt = val_set[i]
             lr_frames = lr_frames.unsqueeze(0).to(device)  # [1, T, 3, h, w]
             gt = gt.unsqueeze(0).to(device)  # [1, 3, H, W]

@@ -37,14 +37,18 @@ class GpuWorker:
     async def train_step(self) -> StepResult:
         return await self.call(self.engine.train_step)
 
-    async def validate(self, progress: Callable[[float], None]) -> ValidationResult:
-        """Validate; `progress` runs on the event loop (a thread-safe hop), not the GPU thread."""
+    async def validate(
+        self, progress: Callable[[float], None], should_stop: Callable[[], bool] = lambda: False
+    ) -> ValidationResult:
+        """Validate; `progress` runs on the event loop (a thread-safe hop), not the GPU thread.
+        `should_stop` is polled on the GPU thread, so it must be thread-safe (an Event's is_set).
+        """
         loop = asyncio.get_running_loop()
 
         def report(fraction: float) -> None:
             loop.call_soon_threadsafe(progress, fraction)
 
-        return await self.call(self.engine.validate, report)
+        return await self.call(self.engine.validate, report, should_stop)
 
     async def apply_config(self, config: Any) -> None:
         await self.call(self.engine.apply_config, config)
