@@ -8,12 +8,14 @@ for the I/O thread (checkpoints).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import aiofiles
 import aiofiles.os
@@ -62,21 +64,50 @@ def write_atomic(target: Path, data: bytes) -> None:
         handle.write(data)
 
 
-async def write_atomic_async(target: Path, data: bytes) -> None:
-    """Atomic write through aiofiles: every blocking call runs in an executor thread."""
+class DaemonThreadExecutor(concurrent.futures.Executor):
+    """Runs each call in a new daemon thread.
+
+    `asyncio.run` joins the default executor's threads at exit, so one write hung on a dead
+    mount would keep the process alive for ever; a daemon thread is abandoned instead.
+    """
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # handed to whoever awaits the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=work, name="io-daemon", daemon=True).start()
+        return future
+
+
+async def write_atomic_async(
+    target: Path, data: bytes, executor: concurrent.futures.Executor | None = None
+) -> None:
+    """Atomic write through aiofiles: every blocking call runs in `executor` (aiofiles' default
+    executor when None)."""
     target = Path(target)
     tmp = temp_path_for(target)
     try:
-        async with aiofiles.open(tmp, "wb") as handle:
+        async with aiofiles.open(tmp, "wb", executor=executor) as handle:
             await handle.write(data)
             await handle.flush()
-            await aiofiles.os.wrap(os.fsync)(handle.fileno())
-        await aiofiles.os.replace(tmp, target)
+            await aiofiles.os.wrap(os.fsync)(handle.fileno(), executor=executor)
+        await aiofiles.os.replace(tmp, target, executor=executor)
     except BaseException:
         with contextlib.suppress(OSError):
-            await aiofiles.os.remove(tmp)
+            await aiofiles.os.remove(tmp, executor=executor)
         raise
-    await aiofiles.os.wrap(fsync_directory)(target.parent)
+    await aiofiles.os.wrap(fsync_directory)(target.parent, executor=executor)
 
 
 def remove_stale_temps(directory: Path, prefix: str = ".") -> list[Path]:

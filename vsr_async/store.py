@@ -11,10 +11,11 @@ import copy
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from vsr_async.names import display_name
 from vsr_async.reports import StepResult, StepStats, ValidationResult
 
 SCHEMA_VERSION = 1
@@ -38,11 +39,14 @@ def format_duration(seconds: float | None) -> str | None:
 
 
 def finite_or_none(value: Any) -> Any:
-    """Deep copy of JSON-ready data with NaN/Infinity replaced by None (strict JSON)."""
+    """Deep copy of JSON-ready data with NaN/Infinity replaced by None (strict JSON) and every
+    string valid UTF-8 (a file name of any bytes is shown escaped, never breaks a write)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return display_name(value)
     if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
+        return {finite_or_none(k): finite_or_none(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [finite_or_none(v) for v in value]
     return copy.deepcopy(value)
@@ -147,7 +151,7 @@ class StatsStore:
         p.learning_rate, p.lr_phase = result.learning_rate, result.lr_phase
         self.timing.step_done(time.monotonic() if now is None else now)
         if result.skipped_files:
-            self.skipped_files.extend(result.skipped_files)
+            self.skipped_files.extend(display_name(path) for path in result.skipped_files)
         if result.stats is not None:
             self.stats = result.stats
             self.loss_history.append(
@@ -194,6 +198,7 @@ class StatsStore:
 
     def publish_validation(self, result: ValidationResult, *, step: int, trigger: str) -> bool:
         """Record a finished validation; returns True if it set a new best quality."""
+        result = with_display_names(result)  # the panel's strips read these names too
         v = self.validation
         v.result, v.step, v.trigger = result, step, trigger
         v.count += 1
@@ -236,16 +241,16 @@ class StatsStore:
         self._touch()
 
     def statistics_written(self, name: str) -> None:
-        self.last_statistics_written = name
+        self.last_statistics_written = display_name(name)
         self.last_statistics_error = None
         self._touch()
 
     def statistics_failed(self, message: str) -> None:
-        self.last_statistics_error = message
+        self.last_statistics_error = display_name(message)
         self._touch()
 
     def checkpoint_saved(self, name: str) -> None:
-        self.last_checkpoint = name
+        self.last_checkpoint = display_name(name)
         self._touch()
 
     def set_pending_commands(self, names: list[str]) -> None:
@@ -372,6 +377,12 @@ class StatsStore:
         return finite_or_none(
             {"loss": list(self.loss_history), "quality": list(self.quality_history)}
         )
+
+
+def with_display_names(result: ValidationResult) -> ValidationResult:
+    """The result with its image names valid UTF-8 (escaped where a file name was not)."""
+    images = tuple(replace(m, name=display_name(m.name)) for m in result.images)
+    return replace(result, images=images)
 
 
 def statistics_name(step: int) -> str:

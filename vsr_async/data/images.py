@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vsr_async.data.listing import os_error_reason
 from vsr_async.errors import DatasetError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -108,5 +109,7 @@ def _as_rgb8(img: Image.Image, path: Path | str) -> np.ndarray:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:  # the file system, not the pixels
+        return os_error_reason(exc)
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

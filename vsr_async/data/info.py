@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from vsr_async.errors import DatasetError
+from vsr_async.names import display_name, undecodable_names
 
 LayoutName = Literal["patches", "frames"]
 Size = tuple[int, int]
@@ -82,13 +83,35 @@ class DatasetInfo:
         val_sizes = ", ".join(f"{w}x{h}" for w, h in self.val_gt_sizes[:4])
         return "\n".join(
             [
-                f"dataset {self.root} ({self.layout} layout, {lr_source})",
+                f"dataset {display_name(self.root)} ({self.layout} layout, {lr_source})",
                 f"  training:   {self.train_count} samples from GT {sizes}; "
                 f"sample GT {gt_w}x{gt_h}, LR {self.num_frames} x {lr_w}x{lr_h} "
                 f"(x{self.scale})",
                 f"  validation: {self.val_count} images, GT {val_sizes}",
+                *self._undecodable_note(),
             ]
         )
+
+    def file_paths(self) -> list[Path]:
+        """Every file the run reads (training and validation, GT and LR)."""
+        paths: list[Path] = []
+        for item in (*self.train_items, *self.val_items):
+            if isinstance(item, PatchPair):
+                paths += [item.gt, item.lr]
+            else:
+                paths += [*item.gt_frames, *(item.lr_frames or ())]
+        return paths
+
+    def _undecodable_note(self) -> list[str]:
+        """A warning naming files whose names are not valid UTF-8: they are used, and shown
+        escaped (`\\xff`) in `check`, the panel and Statistik files."""
+        names = undecodable_names(p.relative_to(self.root) for p in self.file_paths())
+        if not names:
+            return []
+        shown = ", ".join(names[:5]) + (f", … ({len(names)} files)" if len(names) > 5 else "")
+        return [
+            f"  warning: {len(names)} file name(s) not valid UTF-8, used and shown escaped: {shown}"
+        ]
 
 
 def lr_frame_size(gt_path: Path, gt_size: Size, scale: int) -> Size:

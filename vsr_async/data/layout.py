@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from vsr_async.data.info import DatasetInfo, LayoutName
-from vsr_async.data.listing import ScanProgress
+from vsr_async.data.listing import ScanProgress, path_kind
 from vsr_async.data.scan_frames import scan_frame_layout
 from vsr_async.data.scan_patches import scan_patch_layout
 from vsr_async.errors import DatasetError
@@ -21,10 +21,12 @@ __all__ = ["DatasetInfo", "detect_layout", "scan_dataset"]
 def detect_layout(root: Path | str) -> LayoutName:
     """The layout of `root`: "patches" if it has Patches/, "frames" if it has GT/; else an error."""
     root = Path(root)
-    if not root.is_dir():
-        what = "is a file, expected a folder" if root.exists() else "does not exist"
+    kind = path_kind(root)
+    if kind != "folder":
+        what = "does not exist" if kind == "missing" else "is a file, expected a folder"
         raise DatasetError(root, f"dataset folder {what}")
-    has_patches, has_frames = (root / "Patches").is_dir(), (root / "GT").is_dir()
+    has_patches = path_kind(root / "Patches") == "folder"
+    has_frames = path_kind(root / "GT") == "folder"
     if has_patches and has_frames:
         raise DatasetError(
             root,
@@ -57,7 +59,7 @@ def scan_dataset(
     keeps only the first that many validation images (VAL_MAX_IMAGES).
     """
     root = Path(root)
-    if not root.exists():
+    if path_kind(root) == "missing":
         raise DatasetError(root, "dataset folder does not exist")
     if layout == "auto":
         layout = detect_layout(root)
