@@ -67,6 +67,7 @@ class ValidationRequest:
         report = self.report
         return {
             "request_id": self.id,
+            "kind": "validation",
             "status": self.status.value,
             "trigger": self.trigger.value,
             "step": report.step if report else None,
@@ -75,6 +76,43 @@ class ValidationRequest:
             "statistics_error": report.statistics_error if report else None,
             "error": self.error,
         }
+
+
+@dataclass(eq=False)
+class ConfigRequest:
+    """A live-config change someone asked for (`PATCH /api/config`).
+
+    Accepted only if it fits the config as it will be once every earlier accepted change has
+    applied; `result` (the ApplyConfig command's future) resolves with the applied values.
+    """
+
+    changes: dict[str, Any]  # normalized values, as validated when accepted
+    result: asyncio.Future[dict[str, Any]]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    status: RequestStatus = RequestStatus.QUEUED
+    created_at: float = field(default_factory=time.time)
+    step: int | None = None  # the step after which it applied (or failed)
+    applied: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Accepted and not yet applied or failed: part of the pending config."""
+        return self.status in (RequestStatus.QUEUED, RequestStatus.RUNNING)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.id,
+            "kind": "config",
+            "status": self.status.value,
+            "changes": self.changes,
+            "applied": self.applied,
+            "step": self.step,
+            "error": self.error,
+        }
+
+
+Request = ValidationRequest | ConfigRequest  # what GET /api/requests/{id} can answer
 
 
 @dataclass(frozen=True)
@@ -120,4 +158,6 @@ class Stop(Command):
 
 @dataclass(frozen=True)
 class ApplyConfig(Command):
-    changes: dict[str, Any] = field(default_factory=dict)
+    """Carries an accepted ConfigRequest (its `result` is the request's future)."""
+
+    request: ConfigRequest

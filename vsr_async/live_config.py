@@ -40,6 +40,67 @@ def check_live_changes(config: Config, changes: dict[str, Any]) -> Config:
     return config.replace(changes)
 
 
+def check_against_pending(
+    applied: Config,
+    pending: Config,
+    changes: dict[str, Any],
+    pending_changes: list[tuple[str, dict[str, Any]]],
+) -> Config:
+    """Validate a change against the config as it will be once every accepted change applies.
+
+    `pending` is that config, `pending_changes` the (request id, changes) not applied yet. A
+    change that is wrong on its own raises the loader's ConfigError; one that fits `applied`
+    but not `pending` raises LiveConfigConflict, naming the pending changes it collides with.
+    """
+    try:
+        return check_live_changes(pending, changes)
+    except StartOnlyKeyError:
+        raise
+    except ConfigError as error:
+        if pending is applied or not pending_changes:
+            raise
+        try:
+            check_live_changes(applied, changes)
+        except ConfigError:
+            raise error from None  # wrong on its own: the pending changes are not the cause
+        raise LiveConfigConflict(error, pending_changes) from None
+
+
+def describe_changes(changes: dict[str, Any]) -> str:
+    """`MIN_LR=0.0001, MAX_LR=5e-05`: how log lines and messages name a change."""
+    return ", ".join(f"{key}={value!r}" for key, value in changes.items())
+
+
+class LiveConfigConflict(ConfigError):
+    """A change that fits the applied config but not the changes accepted before it."""
+
+    def __init__(self, error: ConfigError, pending_changes: list[tuple[str, dict[str, Any]]]):
+        self.error = error
+        self.pending_changes = pending_changes
+        pending = "; ".join(
+            f"{describe_changes(changes)} (request {request_id})"
+            for request_id, changes in pending_changes
+        )
+        super().__init__(
+            "",
+            f"{error}: conflicts with a change accepted but not applied yet: {pending}; send "
+            "the keys together in one request, or wait until that one has applied",
+        )
+        self.key = error.key
+
+
+class ConfigChangeFailed(ConfigError):
+    """An accepted change that could not be applied at the step boundary: none of it applied."""
+
+    def __init__(self, changes: dict[str, Any], reason: str) -> None:
+        self.changes = changes
+        self.reason = reason
+        super().__init__(
+            "",
+            f"config change {describe_changes(changes)} failed: {reason}; the previous values stay",
+        )
+
+
 class StartOnlyKeyError(ConfigError):
     """A key that only applies when a run starts (model shape, data, device…)."""
 
@@ -75,7 +136,9 @@ def load_runtime_config(run_dir: Path, config: Config) -> Config:
 class LiveConfigRecorder:
     """Supervisor config listener: logs each change and saves runtime_config.json (latest wins).
 
-    The write runs as a task so a slow fsync never holds up the step loop.
+    Called only for applied changes, so the file never holds a refused or failed one. The
+    supervisor runs each call as a background task (a slow fsync never holds up the step loop)
+    and awaits those tasks when the run stops, so the last change is on disk at exit.
     """
 
     def __init__(self, run_dir: Path, tensorboard: TensorBoardLogger) -> None:
@@ -83,15 +146,12 @@ class LiveConfigRecorder:
         self.tensorboard = tensorboard
         self._lock = asyncio.Lock()
         self._latest: Config | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, config: Config, applied: dict[str, Any], step: int) -> None:
-        text = ", ".join(f"{k}={v!r}" for k, v in applied.items())
-        self.tensorboard.log_text("Config/Changes", f"step {step}: {text}", step)
+        text = f"step {step}: {describe_changes(applied)}"
+        self.tensorboard.log_text("Config/Changes", text, step)
         self._latest = config
-        task = asyncio.create_task(self._persist())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._persist()
 
     async def _persist(self) -> None:
         async with self._lock:  # writes are serialized; each writes the newest config
@@ -103,7 +163,3 @@ class LiveConfigRecorder:
                 await write_atomic_async(self.path, data)
             except OSError as exc:
                 log.error("could not save %s: %s", self.path.name, exc)
-
-    async def flush(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks)

@@ -21,8 +21,14 @@ from typing import Any, Protocol
 
 from vsr_async import commands as cmd
 from vsr_async.commands import Phase, RequestStatus, Trigger, ValidationReport, ValidationRequest
-from vsr_async.errors import VsrError
-from vsr_async.live_config import check_live_changes, live_values
+from vsr_async.errors import ConfigError, VsrError
+from vsr_async.live_config import (
+    ConfigChangeFailed,
+    check_against_pending,
+    check_live_changes,
+    describe_changes,
+    live_values,
+)
 from vsr_async.reports import StepResult, ValidationResult
 from vsr_async.statistics import StatisticsWriter
 from vsr_async.store import StatsStore
@@ -33,7 +39,7 @@ from vsr_async.worker import GpuWorker
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS_KEPT = 1000  # finished validation requests stay queryable (GET /api/requests/{id})
-SHUTDOWN_WRITE_TIMEOUT_S = 60.0
+SHUTDOWN_WRITE_TIMEOUT_S = 10.0  # Statistik files are small: longer means a hung disk
 
 
 class Service(Protocol):
@@ -102,7 +108,7 @@ class Supervisor:
         self.checkpointer = checkpointer
         self._phase = Phase.STARTING
         self.commands: asyncio.Queue[cmd.Command] = asyncio.Queue()
-        self.requests: OrderedDict[str, ValidationRequest] = OrderedDict()
+        self.requests: OrderedDict[str, cmd.Request] = OrderedDict()
         self.services: list[Service] = []
         self.config_listeners: list[Callable[[Any, dict[str, Any], int], Awaitable[None]]] = []
         self.validation_listeners: list[
@@ -162,7 +168,8 @@ class Supervisor:
         self._enqueue(cmd.RunValidation(result=self._future(), request=request))
         return request
 
-    def request(self, request_id: str) -> ValidationRequest | None:
+    def request(self, request_id: str) -> cmd.Request | None:
+        """A validation or config request by id (GET /api/requests/{id})."""
         return self.requests.get(request_id)
 
     def pause(self) -> asyncio.Future[Any]:
@@ -182,9 +189,63 @@ class Supervisor:
         self._stop_requested.set()
         return self._enqueue(cmd.Stop(result=self._future(), reason=reason))
 
-    def apply_config(self, changes: dict[str, Any]) -> asyncio.Future[Any]:
-        """Queue a validated live-config change; it takes effect at the next step boundary."""
-        return self._enqueue(cmd.ApplyConfig(result=self._future(), changes=dict(changes)))
+    def apply_config(self, changes: dict[str, Any]) -> cmd.ConfigRequest:
+        """Accept a live-config change (applied at the next step boundary) or refuse it now.
+
+        It is checked against `pending_config`, so two changes that do not fit together are
+        never both accepted: ConfigError if it is wrong on its own, LiveConfigConflict if it
+        collides with a change accepted before it, StartOnlyKeyError, or CommandNotAvailable
+        while stopping. Every producer comes here. `request.result` resolves with the applied
+        values, or fails with the reason (also logged).
+        """
+        if self.phase in (Phase.STOPPING, Phase.STOPPED) or self._stop_requested.is_set():
+            raise CommandNotAvailable("the run is stopping")
+        pending = [(r.id, r.changes) for r in self._pending_config_requests()]
+        checked = check_against_pending(self.config, self.pending_config, changes, pending)
+        normalized = {key: getattr(checked, key) for key in changes}
+        request = cmd.ConfigRequest(changes=normalized, result=self._future())
+        request.result.add_done_callback(lambda done: self._settle_config_request(request, done))
+        self._remember(request)
+        self._enqueue(cmd.ApplyConfig(result=request.result, request=request))
+        log.info(
+            "config change %s accepted (request %s): applies at the next step boundary",
+            describe_changes(normalized),
+            request.id,
+        )
+        return request
+
+    @property
+    def pending_config(self) -> Any:
+        """The config as it will be once every accepted, not yet applied change has applied.
+
+        Derived from the request registry (one home for what is pending): the running config
+        with the pending requests' changes on top, in the order they were accepted.
+        """
+        config = self.config
+        for request in self._pending_config_requests():
+            with contextlib.suppress(ConfigError):  # built on a change that failed: fails too
+                config = check_live_changes(config, request.changes)
+        return config
+
+    def _pending_config_requests(self) -> list[cmd.ConfigRequest]:
+        return [r for r in self.requests.values() if isinstance(r, cmd.ConfigRequest) and r.pending]
+
+    def _settle_config_request(self, request: cmd.ConfigRequest, done: asyncio.Future[Any]) -> None:
+        """Whatever ends the command (applied, refused, left over at shutdown) ends its request."""
+        if not request.pending:
+            return  # _apply_config has already said how it went
+        request.step = self.store.progress.step
+        if not done.cancelled() and done.exception() is None:
+            request.status, request.applied = RequestStatus.DONE, done.result()
+            return
+        request.status = RequestStatus.FAILED
+        request.error = "cancelled" if done.cancelled() else str(done.exception())
+        log.warning(
+            "config change %s (request %s) not applied: %s",
+            describe_changes(request.changes),
+            request.id,
+            request.error,
+        )
 
     @property
     def checkpoints_available(self) -> bool:
@@ -369,8 +430,8 @@ class Supervisor:
             case cmd.Stop(reason=reason):
                 self._begin_stop(reason)
                 return "stopping"
-            case cmd.ApplyConfig(changes=changes):
-                return await self._apply_config(changes)
+            case cmd.ApplyConfig(request=request):
+                return await self._apply_config(request)
         raise CommandNotAvailable(f"unknown command {command.name}")
 
     def _set_paused(self, paused: bool) -> str:
@@ -389,18 +450,45 @@ class Supervisor:
             raise CommandNotAvailable("checkpoints are off for this run")
         return await self.checkpointer.save(reason)
 
-    async def _apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
-        new_config = check_live_changes(self.config, changes)  # again: state may have moved on
-        await self.worker.apply_config(new_config)
+    async def _apply_config(self, request: cmd.ConfigRequest) -> dict[str, Any]:
+        """Apply an accepted change; a failure is logged, fails its request and leaves the
+        previous values in force (the engine gets them back)."""
+        changes = request.changes
+        request.status = RequestStatus.RUNNING
+        try:
+            # Checked again: a change accepted on top of one that then failed may not fit.
+            new_config = check_live_changes(self.config, changes)
+            await self.worker.apply_config(new_config)
+        except Exception as exc:
+            failure = self._config_change_failed(request, changes, exc)
+            if not isinstance(exc, ConfigError):  # the engine may hold part of it: undo
+                await self.worker.apply_config(self.config)  # failing too is a bug: run stops
+            raise failure from exc
         applied = {k: getattr(new_config, k) for k in changes}
         self.config = new_config
         if self.checkpointer is not None:
             self.checkpointer.apply_config(new_config)
         self.store.set_config_live(live_values(new_config))
         log.info("config changed at step %d: %s", self.store.progress.step, applied)
+        # Listeners (runtime_config.json) run behind training; the shutdown awaits them.
         for listener in self.config_listeners:
-            await listener(new_config, applied, self.store.progress.step)
+            self._spawn(listener(new_config, applied, self.store.progress.step))
+        request.step, request.applied = self.store.progress.step, applied
+        request.status = RequestStatus.DONE
         return applied
+
+    def _config_change_failed(
+        self, request: cmd.ConfigRequest, changes: dict[str, Any], exc: Exception
+    ) -> ConfigChangeFailed:
+        """Log a change that could not be applied and fail its request (the SSE event and
+        GET /api/requests/{id} show the same words)."""
+        reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        failure = ConfigChangeFailed(changes, reason)
+        step = self.store.progress.step
+        log.error("%s (request %s, at step %d)", failure, request.id, step)
+        request.step, request.error = step, str(failure)
+        request.status = RequestStatus.FAILED
+        return failure
 
     # --- validation ----------------------------------------------------------------------------
 
@@ -496,10 +584,17 @@ class Supervisor:
         if not request.result.done():
             request.result.set_result(report)
 
-    def _remember(self, request: ValidationRequest) -> None:
+    def _remember(self, request: cmd.Request) -> None:
+        """Keep the newest finished requests queryable; unfinished ones are never dropped (the
+        pending config is derived from them)."""
         self.requests[request.id] = request
-        while len(self.requests) > MAX_REQUESTS_KEPT:
-            self.requests.popitem(last=False)
+        excess = len(self.requests) - MAX_REQUESTS_KEPT
+        if excess <= 0:
+            return
+        finished = (RequestStatus.DONE, RequestStatus.FAILED)
+        oldest = [key for key, r in self.requests.items() if r.status in finished][:excess]
+        for key in oldest:
+            del self.requests[key]
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -22,7 +22,7 @@ import config as config_module
 from config import Config, describe_type, live_keys
 from vsr_async.commands import Phase, Trigger
 from vsr_async.errors import ConfigError
-from vsr_async.live_config import StartOnlyKeyError, check_live_changes, live_values
+from vsr_async.live_config import LiveConfigConflict, StartOnlyKeyError, live_values
 from vsr_async.supervisor import CommandNotAvailable, Supervisor
 from web.keys import EVENTS, SUPERVISOR
 from web.middlewares import ApiError
@@ -165,18 +165,32 @@ async def get_config(request: web.Request) -> web.Response:
 
 @routes.patch("/api/config")
 async def patch_config(request: web.Request) -> web.Response:
-    """Change live keys: 400 names the key and its range, 409 refuses start-only keys."""
+    """Change live keys: 400 names the key and its range; 409 refuses start-only keys and a
+    change that collides with one accepted but not applied yet (both keys named)."""
     changes = await read_json(request)
     if not isinstance(changes, dict) or not changes:
         raise ApiError(400, 'expected a JSON object of KEY: value, e.g. {"MAX_LR": 0.0002}')
     supervisor = request.app[SUPERVISOR]
     require_running(supervisor, "change the configuration")
     try:
-        checked = check_live_changes(supervisor.config, changes)
-    except StartOnlyKeyError as exc:
+        queued = supervisor.apply_config(changes)
+    except (StartOnlyKeyError, LiveConfigConflict) as exc:
         raise ApiError(409, str(exc)) from None
     except ConfigError as exc:
         raise ApiError(400, str(exc)) from None
-    normalized = {key: getattr(checked, key) for key in changes}
-    request.app[EVENTS].watch_command("config", supervisor.apply_config(normalized))
-    return accepted("config", changes=normalized, applies="at the next step boundary")
+    except CommandNotAvailable as exc:
+        raise ApiError(409, f"cannot change the configuration: {exc}") from None
+    request.app[EVENTS].watch_command("config", queued.result, request_id=queued.id)
+    url = f"/api/requests/{queued.id}"
+    return web.json_response(
+        {
+            "command": "config",
+            "status": queued.status.value,
+            "request_id": queued.id,
+            "url": url,
+            "changes": queued.changes,
+            "applies": "at the next step boundary",
+        },
+        status=202,
+        headers={"Location": url},
+    )

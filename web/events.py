@@ -146,18 +146,26 @@ class EventHub:
 
     # --- command results -----------------------------------------------------------------------
 
-    def watch_command(self, command: str, future: asyncio.Future[Any]) -> None:
-        """Publish a `command` event when the supervisor has carried the command out (or not)."""
+    def watch_command(
+        self, command: str, future: asyncio.Future[Any], *, request_id: str | None = None
+    ) -> None:
+        """Publish a `command` event when the supervisor has carried the command out (or not);
+        `request_id` (a config change) goes into the event, for GET /api/requests/{id}."""
+        about = (
+            {"command": command}
+            if request_id is None
+            else {"command": command, "request_id": request_id}
+        )
 
         def done(f: asyncio.Future[Any]) -> None:
             if f.cancelled():
-                self.publish("command", {"command": command, "status": "cancelled"})
+                self.publish("command", {**about, "status": "cancelled"})
             elif (exc := f.exception()) is not None:
-                self.publish("command", {"command": command, "status": "failed", "error": str(exc)})
+                self.publish("command", {**about, "status": "failed", "error": str(exc)})
             elif isinstance(result := f.result(), asyncio.Future):
                 result.add_done_callback(done)  # e.g. a checkpoint: copied now, written later
             else:
-                self.publish("command", {"command": command, "status": "done", "result": result})
+                self.publish("command", {**about, "status": "done", "result": result})
 
         future.add_done_callback(done)
 

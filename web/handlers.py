@@ -8,7 +8,6 @@ are the panel's own static files and the `Statistik_<step>.json` files the runti
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import stat
@@ -19,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from vsr_async.names import displayable, is_valid_text
 from vsr_async.statistics import list_statistics, serialize_snapshot, statistics_step
 from vsr_async.store import statistics_name
 from web.events import stream_events
@@ -38,7 +38,12 @@ STATIC_FILES: dict[str, str] = {
     "vendor/uPlot.LICENSE": "text/plain",
 }
 
-json_dumps = functools.partial(json.dumps, ensure_ascii=False)
+
+def json_dumps(data: Any) -> str:
+    """Compact JSON for answers; a string that is not valid UTF-8 (a file name of any bytes
+    that reached the data unescaped) is escaped rather than failing the answer with a 500."""
+    text = json.dumps(data, ensure_ascii=False)
+    return text if is_valid_text(text) else json.dumps(displayable(data), ensure_ascii=False)
 
 
 def json_ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -201,11 +206,12 @@ async def validation_image(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/requests/{request_id}")
-async def validation_request(request: web.Request) -> web.Response:
+async def request_status(request: web.Request) -> web.Response:
+    """A validation or a config change, by the id its 202 answer gave (`kind` says which)."""
     request_id = request.match_info["request_id"]
     found = request.app[SUPERVISOR].request(request_id)
     if found is None:
-        raise ApiError(404, f"no validation request {request_id!r} (unknown or expired)")
+        raise ApiError(404, f"no request {request_id[:100]!r} (unknown or expired)")
     return json_ok(found.to_dict())
 
 

@@ -19,6 +19,45 @@ from web.schemas import (
     config_change_schema,
 )
 
+# What GET /api/requests/{id} answers: `kind` tells a validation from a config change.
+REQUEST_SCHEMAS = {
+    "ValidationRequest": {
+        **VALIDATION_REQUEST,
+        "required": [*VALIDATION_REQUEST["required"], "kind"],
+        "properties": {**VALIDATION_REQUEST["properties"], "kind": {"const": "validation"}},
+    },
+    "ConfigRequest": {
+        "type": "object",
+        "required": ["request_id", "kind", "status", "changes", "applied", "step", "error"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "kind": {"const": "config"},
+            "status": {"enum": ["queued", "running", "done", "failed"]},
+            "changes": {"type": "object", "description": "as accepted (normalized values)"},
+            "applied": {
+                "type": ["object", "null"],
+                "description": "the values in force after it applied (status done)",
+            },
+            "step": {
+                "type": ["integer", "null"],
+                "description": "the step after which it applied or failed",
+            },
+            "error": {"type": ["string", "null"], "description": "why it failed (also logged)"},
+        },
+    },
+}
+CONFIG_ACCEPTED = {
+    "type": "object",
+    "required": ["command", "status", "request_id", "url", "changes"],
+    "properties": {
+        **COMMAND_ACCEPTED["properties"],
+        "request_id": {"type": "string"},
+        "url": {"type": "string", "description": "/api/requests/<request_id>"},
+        "changes": {"type": "object"},
+        "applies": {"type": "string"},
+    },
+}
+
 
 def _json(schema: dict[str, Any] | str, description: str) -> dict[str, Any]:
     if isinstance(schema, str):
@@ -174,9 +213,13 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         },
         "/api/requests/{request_id}": {
             "get": op(
-                "A validation request: status and, when done, metrics and the Statistik file",
+                "A validation or config-change request: its status and, when done, the "
+                "metrics and Statistik file (validation) or the applied values (config)",
                 {
-                    "200": _json(VALIDATION_REQUEST, "the request"),
+                    "200": _json(
+                        {"oneOf": [{"$ref": f"#/components/schemas/{n}"} for n in REQUEST_SCHEMAS]},
+                        "the request",
+                    ),
                     "404": _error("unknown or expired request id"),
                 },
                 parameters=[
@@ -208,20 +251,27 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
                 tags=("config",),
             ),
             "patch": op(
-                "Change live keys; applied at the next step boundary",
+                "Change live keys; checked against the changes accepted and not applied yet, "
+                "applied at the next step boundary",
                 {
-                    "202": _json(
-                        {
-                            **COMMAND_ACCEPTED,
-                            "properties": {
-                                **COMMAND_ACCEPTED["properties"],
-                                "changes": {"type": "object"},
-                            },
+                    "202": {
+                        **_json(CONFIG_ACCEPTED, "queued (follow url / GET /api/requests/{id})"),
+                        "headers": {
+                            "Location": {
+                                "schema": {"type": "string"},
+                                "description": "/api/requests/<request_id>",
+                            }
                         },
-                        "queued",
+                    },
+                    "400": _error(
+                        "malformed JSON, unknown key, a value out of range, or keys that do not "
+                        "fit together (named)"
                     ),
-                    "400": _error("malformed JSON, unknown key, or a value out of range (named)"),
-                    "409": _error("a start-only key, or the run is stopping"),
+                    "409": _error(
+                        "a start-only key; a change that fits the applied config but not a "
+                        "change accepted before it and not applied yet (keys and request named); "
+                        "or the run is stopping"
+                    ),
                 },
                 unsafe=True,
                 body={
@@ -304,6 +354,7 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
                     "properties": SNAPSHOT_FIELDS,
                 },
                 "CommandAccepted": COMMAND_ACCEPTED,
+                **REQUEST_SCHEMAS,
             }
         },
     }
