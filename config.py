@@ -3,19 +3,26 @@
 Field names are spelled exactly as users write them in config files (the predecessor's UPPERCASE
 keys), so error messages, files and the panel agree. A `Config` is valid by construction:
 `__post_init__` checks every field and reports every problem at once.
+
+A Python config file is executed, as the predecessor's was: it can run any code, so load only
+files you trust, and share configs as TOML, which is data and never runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import ipaddress
 import math
 import runpy
+import stat
 import sys
 import tomllib
+import traceback
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -182,8 +189,9 @@ class Config:
     """Bind address; anything but loopback requires a bearer token on every request."""
     WEB_PORT: int = _f(5050, lo=0, hi=65535)
     """Panel port (0 = any free port, printed at start)."""
-    WEB_TOKEN: str = ""
-    """Bearer token; empty = generated and printed once when the host is not loopback."""
+    WEB_TOKEN: str = field(default="", metadata={"secret": True})
+    """Bearer token; empty = generated and printed once when the host is not loopback. Secret:
+    never stored in checkpoints, Statistik files, logs or TensorBoard."""
     KEYBOARD_ENABLED: bool = True
     """Read keys from stdin when it is a terminal (--no-keyboard turns it off)."""
 
@@ -198,7 +206,13 @@ class Config:
         return build_config(changes, base=self)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every value, secrets included: for building configs, never for storing or showing."""
         return {name: getattr(self, name) for name in field_names()}
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every value but the secrets: what checkpoints, files, logs and panels may hold."""
+        hidden = secret_keys()
+        return {name: getattr(self, name) for name in field_names() if name not in hidden}
 
 
 # Keys of the predecessor's config files that were renamed; value converters keep old files loading.
@@ -210,6 +224,12 @@ LEGACY_KEYS: dict[str, tuple[str, typing.Callable[[Any], Any]]] = {
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
+
+
+def secret_keys() -> frozenset[str]:
+    """Credentials (field metadata `secret`): kept out of every file, log and panel; never live,
+    so no live-config record (runtime_config.json, Config/Changes, config_live) holds one."""
+    return frozenset(f.name for f in dataclasses.fields(Config) if f.metadata.get("secret"))
 
 
 def live_keys() -> frozenset[str]:
@@ -267,7 +287,11 @@ def _check_types_and_ranges(config: Config) -> list[ConfigError]:
     for f in dataclasses.fields(Config):
         value, tp = getattr(config, f.name), hints[f.name]
         if not _value_fits(value, tp):
-            errors.append(ConfigError(f.name, f"must be {describe_type(tp)}, got {value!r}"))
+            shown = f"a {type(value).__name__}" if f.metadata.get("secret") else repr(value)
+            errors.append(ConfigError(f.name, f"must be {describe_type(tp)}, got {shown}"))
+            continue
+        if isinstance(value, str) and "\x00" in value:  # no OS call takes it; Path raises
+            errors.append(ConfigError(f.name, "must not contain a NUL byte (\\x00)"))
             continue
         if isinstance(value, int | float) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
@@ -334,11 +358,30 @@ def _check_relations(c: Config, failed: set[str]) -> list[ConfigError]:
             lambda: f'must be "auto", "cpu", "cuda" or "cuda:N", got {c.DEVICE!r}',
         ),
         (("WEB_HOST",), lambda: not c.WEB_HOST.strip(), lambda: "must not be empty"),
+        (
+            ("WEB_HOST",),
+            lambda: not _host_ok(c.WEB_HOST),
+            lambda: f"is not a host name or IP address, got {c.WEB_HOST!r}",
+        ),
     ]
     for keys, broken, message in rules:
         if not failed.intersection(keys) and broken():
             errors.append(ConfigError(keys[0], message()))
     return errors
+
+
+def _host_ok(host: str) -> bool:
+    """An IP address, or a name the resolver can encode (no empty or over-long labels)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")  # what getaddrinfo does first; "a..b" fails here with a traceback
+    except UnicodeError:
+        return False
+    return True
 
 
 def _device_ok(device: str) -> bool:
@@ -418,6 +461,9 @@ def build_config(values: Mapping[str, Any], *, base: Config | None = None) -> Co
     errors: list[ConfigError] = []
     clean: dict[str, Any] = {}
     for raw_key, value in values.items():
+        if not isinstance(raw_key, str):
+            errors.append(ConfigError(repr(raw_key), "config keys must be strings like 'N_FEATS'"))
+            continue
         key = raw_key
         if key in LEGACY_KEYS:
             key, convert = LEGACY_KEYS[key]
@@ -455,43 +501,121 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Raw values from a TOML file or a Python file of UPPERCASE constants.
 
-    A Python file may define `get_config()` returning a dict (the predecessor's format); then that
-    dict is the config. Otherwise its UPPERCASE module-level names are.
+    A Python file is executed, as the predecessor's were, so it runs whatever its author wrote;
+    TOML is plain data, the safe choice for configs shared with others. A Python file may define
+    `get_config()` returning a dict (the predecessor's format); then that dict is the config.
+    Otherwise its UPPERCASE module-level names are. Every failure, the file's own code included
+    (an exception, `sys.exit()`), is one ConfigError naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"config file not found: {path}")
+    if "\x00" in str(path):
+        raise ConfigError("", f"config file path {str(path)!r} contains a NUL byte")
+    source = _read_config_file(path)
     if path.suffix == ".toml":
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError("", f"config file {path}: not valid TOML: {exc}") from None
-        for key, value in data.items():
-            if isinstance(value, dict):
-                raise ConfigError(
-                    key,
-                    f"config file {path}: tables are not supported; write plain KEY = value lines",
-                )
-        return data
+        return _parse_toml(path, source)
     if path.suffix != ".py":
         raise ConfigError("", f"config file {path}: must end in .py or .toml")
+    return _run_python_config(path)
+
+
+def _read_config_file(path: Path) -> bytes:
+    """The file's bytes; a missing, unreadable or not-a-file path is one error naming it."""
     try:
-        namespace = runpy.run_path(str(path), run_name="vsr_async_config")
-    except Exception as exc:  # the user's file: any error is theirs to fix, shown in one line
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError("", f"config file {path}: is a directory, not a file")
+        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+            raise ConfigError("", f"config file {path}: is not a regular file")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file not found: {path}") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError("", f"config file {path}: cannot be read: {reason}") from None
+
+
+def _parse_toml(path: Path, source: bytes) -> dict[str, Any]:
+    try:
+        text = source.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(
-            "", f"config file {path} failed to run: {type(exc).__name__}: {exc}"
+            "",
+            f"config file {path}: not valid TOML: not UTF-8 text "
+            f"(byte 0x{source[exc.start]:02x} at offset {exc.start})",
         ) from None
-    get_config = namespace.get("get_config")
-    if callable(get_config):
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"config file {path}: not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(
+                key,
+                f"config file {path}: tables are not supported; write plain KEY = value lines",
+            )
+    return data
+
+
+def _run_python_config(path: Path) -> dict[str, Any]:
+    """Execute the file in its own namespace; its get_config() dict, or its UPPERCASE names."""
+    with _config_code_errors(path):
+        namespace = runpy.run_path(str(path), run_name="vsr_async_config")
+        get_config = namespace.get("get_config")
+        if not callable(get_config):
+            return {
+                k: v
+                for k, v in namespace.items()
+                if k.isupper() and not k.startswith("_") and not isinstance(v, types.ModuleType)
+            }
         values = get_config()
-        if not isinstance(values, Mapping):
-            raise ConfigError("", f"config file {path}: get_config() must return a dict")
-        return dict(values)
-    return {
-        k: v
-        for k, v in namespace.items()
-        if k.isupper() and not k.startswith("_") and not isinstance(v, types.ModuleType)
-    }
+        values = dict(values) if isinstance(values, Mapping) else values
+    if not isinstance(values, dict):
+        raise ConfigError(
+            "",
+            f"config file {path}: get_config() must return a dict, got {type(values).__name__}",
+        )
+    for key in values:
+        if not isinstance(key, str):
+            raise ConfigError(
+                "",
+                f"config file {path}: get_config() returned the key {key!r}; "
+                "keys must be strings like 'N_FEATS'",
+            )
+    return values
+
+
+@contextlib.contextmanager
+def _config_code_errors(path: Path) -> Iterator[None]:
+    """Around the config file's own code: what it raises becomes one line naming the file.
+
+    `sys.exit()` is caught too (it would end the process silently with the file's exit code);
+    Ctrl+C (KeyboardInterrupt) is left alone.
+    """
+    try:
+        yield
+    except SystemExit as exc:
+        raise ConfigError(
+            "", f"config file {path} called sys.exit({exc.code!r}) while being loaded"
+        ) from None
+    except Exception as exc:  # the user's code: any error is theirs to fix
+        line = _line_in_file(path, exc)
+        where = f" failed at line {line}" if line else " failed"
+        raise ConfigError("", f"config file {path}{where}: {_exception_text(exc)}") from None
+
+
+def _line_in_file(path: Path, exc: Exception) -> int | None:
+    """The line of `path` where `exc` arose (the innermost frame in that file)."""
+    if isinstance(exc, SyntaxError) and exc.filename == str(path):
+        return exc.lineno
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return frames[-1].lineno if frames else None
+
+
+def _exception_text(exc: Exception) -> str:
+    """`Type: message` on one line (a SyntaxError without its own "(file, line N)" suffix)."""
+    message = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
+    message = " ".join(message.split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -502,5 +626,5 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 if __name__ == "__main__":  # `python config.py FILE` prints the resolved config
-    for key, value in load_config(sys.argv[1] if len(sys.argv) > 1 else None).to_dict().items():
+    for key, value in load_config(sys.argv[1] if len(sys.argv) > 1 else None).public_dict().items():
         print(f"{key} = {value!r}")

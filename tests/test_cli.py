@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from helpers import TINY_SETTINGS, run_cli, write_patch_dataset, write_toml
+
+from vsr_async.__main__ import main
+from vsr_async.errors import one_line
 
 
 @pytest.fixture
@@ -90,6 +94,111 @@ def test_run_directory_inside_dataset_is_refused(tmp_path: Path, dataset: Path) 
     result = run_cli("train", "--config", str(path), "--no-web", cwd=tmp_path)
     assert_one_line_error(result, "DATA_ROOT", "dataset")
     assert not (dataset / "Learn").exists()
+
+
+# Bad config files: (file name, content, fragments the one error line must hold; FILE = its path).
+# A Python config is the user's code, run by the loader: whatever it does is reported naming the
+# file. A bad value names its key.
+BAD_CONFIG_FILES = [
+    (
+        "raises.py",
+        b'N_FEATS = 8\ndef get_config():\n    raise RuntimeError("no GPU here")\n',
+        ["FILE", "line 3", "RuntimeError: no GPU here"],
+    ),
+    (
+        "int_key.py",
+        b"def get_config():\n    return {1: 2}\n",
+        ["FILE", "get_config() returned the key 1", "keys must be strings"],
+    ),
+    ("list.py", b"def get_config():\n    return [1]\n", ["FILE", "must return a dict, got list"]),
+    ("exits.py", b"import sys\nsys.exit(3)\n", ["FILE", "called sys.exit(3) while being loaded"]),
+    (
+        "exits_in_get_config.py",
+        b"import sys\ndef get_config():\n    sys.exit('bye')\n",
+        ["FILE", "called sys.exit('bye') while being loaded"],
+    ),
+    (
+        "module_raises.py",
+        b"N_FEATS = 8\nN_BLOCKS = 1 / 0\n",
+        ["FILE", "line 2", "ZeroDivisionError"],
+    ),
+    ("syntax.py", b"N_FEATS = 8\nN_BLOCKS = (\n", ["FILE", "line 2", "SyntaxError"]),
+    ("latin1.py", b"NAME = '\xe9'\n", ["FILE", "line 1", "SyntaxError", "utf-8"]),
+    ("latin1.toml", b"DATA_ROOT = '\xe9'\n", ["FILE", "not valid TOML", "not UTF-8", "byte 0xe9"]),
+    ("nul_data_root.toml", b'DATA_ROOT = "Learn\\u0000x"\n', ["DATA_ROOT", "NUL byte"]),
+    ("nul_dataset_root.toml", b'DATASET_ROOT = "d\\u0000s"\n', ["DATASET_ROOT", "NUL byte"]),
+]
+
+
+def assert_exactly_one_line(result, *fragments: str) -> None:
+    """Exit 1, stderr one `vsr_async: error:` line holding every fragment, no traceback."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vsr_async: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(("name", "content", "fragments"), BAD_CONFIG_FILES)
+def test_bad_config_file_is_one_line(
+    tmp_path: Path, name: str, content: bytes, fragments: list[str]
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    for args in (["check"], ["train", "--no-web"]):
+        result = run_cli(*args, "--config", str(path), cwd=tmp_path)
+        assert_exactly_one_line(result, *(str(path) if f == "FILE" else f for f in fragments))
+
+
+def test_config_path_that_is_not_a_readable_file(tmp_path: Path) -> None:
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    for path, fragment in ((folder, "is a directory"), (loop, "cannot be read")):
+        result = run_cli("check", "--config", str(path), cwd=tmp_path)
+        assert_exactly_one_line(result, str(path), fragment)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_config_file_without_read_permission(tmp_path: Path) -> None:
+    path = tmp_path / "secret.toml"
+    path.write_text("N_FEATS = 8\n")
+    path.chmod(0)
+    result = run_cli("check", "--config", str(path), cwd=tmp_path)
+    assert_exactly_one_line(result, str(path), "cannot be read", "Permission denied")
+
+
+def test_host_that_cannot_be_a_name(tmp_path: Path) -> None:
+    path = write_toml(tmp_path / "run.toml", {"DATASET_ROOT": str(tmp_path)})
+    result = run_cli("train", "--config", str(path), "--host", "not..a..host", cwd=tmp_path)
+    assert_exactly_one_line(result, "WEB_HOST", "not..a..host")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [  # argv cannot carry a NUL byte, so these call main() in this process
+        (["check", "--config", "run\0.toml"], "option --config: path contains a NUL byte"),
+        (["train", "--config", "{config}", "--resume", "a\0.pt"], "option --resume"),
+        (["check", "--config", "{config}", "--set", "DATA_ROOT=L\0"], "config key DATA_ROOT"),
+        (["train", "--config", "{config}", "--set", "DATASET_ROOT=\0"], "config key DATASET_ROOT"),
+    ],
+)
+def test_nul_byte_in_a_path_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str
+) -> None:
+    config = write_toml(tmp_path / "run.toml", {"DATASET_ROOT": str(tmp_path)})
+    assert main([a.replace("{config}", str(config)) for a in args]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and fragment in lines[0], captured.err
+    assert "\0" not in captured.err and "\\x00" in lines[0]  # shown escaped, not cut off
+
+
+def test_error_lines_escape_control_characters() -> None:
+    assert one_line("dataset a\nb\0c\udcff.png: bad") == "dataset a\\nb\\x00c\\xff.png: bad"
+    assert one_line("Größe 3 µm") == "Größe 3 µm"
 
 
 def test_demo_trains_and_validates_from_a_fresh_directory(tmp_path: Path) -> None:

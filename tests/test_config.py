@@ -179,3 +179,76 @@ def test_replace_validates_and_live_keys_are_runtime_safe() -> None:
         config.replace({"MAX_LR": -1})
     assert {"MAX_LR", "MIN_LR", "VAL_STEP_EVERY", "L1_WEIGHT"} <= live_keys()
     assert not {"N_FEATS", "SCALE", "NUM_FRAMES", "DATASET_ROOT", "AMP"} & live_keys()
+
+
+def test_python_config_code_cannot_end_or_crash_the_process(tmp_path: Path) -> None:
+    """sys.exit() and exceptions in a config (at load or in get_config) become one ConfigError."""
+    cases = {
+        "exit.py": ("import sys\nsys.exit(3)\n", "called sys.exit(3) while being loaded"),
+        "quit.py": ("def get_config():\n    exit()\n", "called sys.exit(None) while being loaded"),
+        "raise.py": ("def get_config():\n    return {}[0]\n", "failed at line 2: KeyError: 0"),
+        "multi.py": ("raise ValueError('a\\n  b')\n", "failed at line 1: ValueError: a b"),
+        "bare.py": ("raise RuntimeError\n", "failed at line 1: RuntimeError"),
+    }
+    for name, (source, fragment) in cases.items():
+        path = tmp_path / name
+        path.write_text(source)
+        with pytest.raises(ConfigError) as info:
+            load_config_file(path)
+        assert str(path) in str(info.value) and fragment in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_get_config_result_must_be_a_dict_of_names(tmp_path: Path) -> None:
+    path = tmp_path / "keys.py"
+    path.write_text("def get_config():\n    return {'N_FEATS': 8, ('N', 'BLOCKS'): 2}\n")
+    with pytest.raises(ConfigError, match=r"returned the key \('N', 'BLOCKS'\)"):
+        load_config_file(path)
+    with pytest.raises(ConfigError) as info:  # the same rule for values given from code
+        build_config({3: 1})
+    assert info.value.key == "3" and "must be strings" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["DATA_ROOT", "DATASET_ROOT", "PERCEPTUAL_WEIGHTS_PATH", "DEVICE"])
+def test_nul_byte_in_a_string_key_names_the_key(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({key: "a\0b"})
+    assert info.value.key == key and "NUL byte" in str(info.value)
+    assert "\0" not in str(info.value)
+
+
+def test_nul_byte_in_the_token_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"WEB_TOKEN": "s3cret\0"})
+    assert info.value.key == "WEB_TOKEN" and "s3cret" not in str(info.value)
+
+
+def test_config_file_paths_that_are_not_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config_file(tmp_path)
+    with pytest.raises(ConfigError, match="contains a NUL byte"):
+        load_config_file(tmp_path / "a\0.toml")
+    (tmp_path / "loop.py").symlink_to(tmp_path / "loop.py")
+    with pytest.raises(ConfigError, match=r"loop\.py: cannot be read: Too many levels"):
+        load_config_file(tmp_path / "loop.py")
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("127.0.0.1", True),
+        ("::", True),
+        ("0.0.0.0", True),
+        ("localhost", True),
+        ("gpu-box.example.org", True),
+        ("not..a..host", False),
+        ("x" * 64 + ".example", False),  # a DNS label is at most 63 bytes
+    ],
+)
+def test_web_host_must_be_a_name_or_address(host: str, ok: bool) -> None:
+    if ok:
+        config = build_config({"WEB_HOST": host})
+        assert host == config.WEB_HOST
+    else:
+        with pytest.raises(ConfigError, match="WEB_HOST: is not a host name or IP address"):
+            build_config({"WEB_HOST": host})

@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from config import Config, build_config, load_config_file, parse_overrides
-from vsr_async.errors import VsrError
+from vsr_async.errors import OptionError, VsrError, one_line
+from vsr_async.names import display_name
 
 DEMO_DIR = Path("vsr_demo")
+
+CONFIG_HELP = (
+    "a .toml or .py config file; a .py file is executed as Python (like the predecessor's "
+    "configs), so use TOML for configs you did not write yourself"
+)
 
 # The embedded demo: a small model that beats bicubic on a 2-core CPU within minutes.
 DEMO_SETTINGS: dict[str, Any] = {
@@ -81,16 +87,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     demo = sub.add_parser("demo", help="train on the embedded demo data (the default)")
     run_options(demo)
     train = sub.add_parser("train", help="train with a config file")
-    train.add_argument("--config", required=True, type=Path, help="a .py or .toml config file")
+    train.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
     run_options(train)
     check = sub.add_parser("check", help="validate a config and its dataset, print a summary")
-    check.add_argument("--config", required=True, type=Path)
+    check.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     argv = list(argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv.insert(0, "demo")
     return parser.parse_args(argv)
+
+
+def check_path_options(args: argparse.Namespace) -> None:
+    """Paths given as options, checked before any file call sees them (a NUL byte makes every
+    OS call raise ValueError); config keys are checked by `Config` itself."""
+    paths = {"--config": getattr(args, "config", None), "--resume": getattr(args, "resume", None)}
+    for option, value in paths.items():
+        if value is not None and "\x00" in str(value):
+            raise OptionError(option, f"path contains a NUL byte: {str(value)!r}")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -174,7 +189,7 @@ def check(config: Config) -> int:
             f"batch: {config.BATCH_SIZE} x {config.ACCUMULATION_STEPS} accumulation = "
             f"{config.BATCH_SIZE * config.ACCUMULATION_STEPS} samples per step"
         )
-    print(f"run directory: {Path(config.DATA_ROOT).resolve()}")
+    print(f"run directory: {display_name(Path(config.DATA_ROOT).resolve())}")
     return 0
 
 
@@ -211,6 +226,7 @@ async def train(config: Config, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        check_path_options(args)
         config = config_from_args(args)
         if args.command == "check":
             return check(config)
@@ -218,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_demo_data(config)
         return asyncio.run(train(config, args))
     except VsrError as exc:
-        print(f"vsr_async: error: {exc}", file=sys.stderr)
+        print(f"vsr_async: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("vsr_async: interrupted", file=sys.stderr)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vsr_async.names import display_name
+
 
 class VsrError(Exception):
     """Base of every error a user can cause and fix (bad config, bad data, busy port)."""
@@ -35,6 +37,14 @@ class ConfigErrors(ConfigError):
         return self.args[0]
 
 
+class OptionError(VsrError):
+    """A command-line option (not a config key) has a bad value; `option` names it."""
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option = option
+        super().__init__(f"option {option}: {message}")
+
+
 class DatasetError(VsrError):
     """Bad training or validation data; `path` names the file or folder at fault."""
 
@@ -60,3 +70,11 @@ class PortInUseError(VsrError):
             f"cannot start the web panel on {host}:{port}: {reason} "
             "(pick another port with --port N, or --no-web)"
         )
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped (a newline or NUL in a path cannot split or cut the
+    message) and undecodable file-name bytes shown as `\\xNN` (`names.display_name`)."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in display_name(text)
+    )
