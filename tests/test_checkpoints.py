@@ -1,5 +1,6 @@
-"""Checkpoint files: whole after any kill, verified on load, pruned to KEEP_CHECKPOINTS newest plus
-`best.pt`, and the best survives restarts.
+"""Checkpoint files: whole after any kill, verified on load, this run's own pruned to
+KEEP_CHECKPOINTS newest plus `best.pt`, and the best survives restarts (the cases where a folder
+holds other files: test_checkpoint_safety.py).
 
 The SIGKILL test kills real `python -m vsr_async` processes at random moments while they write a
 checkpoint every step; each next start is the check of the previous kill.

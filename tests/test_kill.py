@@ -49,7 +49,10 @@ def wait_for_write_since(run_dir: Path, started_ns: int, process: subprocess.Pop
     """Block until this process has written a Statistik file (polling the directory)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if any(p.stat().st_mtime_ns >= started_ns for p in statistik_files(run_dir)):
+        written = any(p.stat().st_mtime_ns >= started_ns for p in statistik_files(run_dir))
+        # ... and a checkpoint exists: a kill before the first one leaves a folder that a fresh
+        # start would (rightly) not take over, so the next start would go to a sibling folder.
+        if written and any((run_dir / "checkpoints").glob("*.pt")):
             return
         assert process.poll() is None, process.stderr.read().decode()
         time.sleep(0.02)

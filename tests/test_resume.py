@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +182,15 @@ async def test_resume_path_errors_are_clear(make_config, tmp_path: Path) -> None
         build_run(config, info, resume=str(missing), console_log=False)
 
     junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"this is not a checkpoint")
-    run = build_run(config, info, resume=str(junk), console_log=False)
-    with pytest.raises(CheckpointError, match=re.escape(f"{junk}: cannot be loaded")):
+    junk.write_bytes(b"this is not a checkpoint")  # refused before the run starts (no archive)
+    with pytest.raises(CheckpointError, match=re.escape(f"{junk}: cannot be loaded: not a")):
+        build_run(config, info, resume=str(junk), console_log=False)
+
+    archive = tmp_path / "archive.pt"  # an archive, but not PyTorch's: the full load refuses it
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("notes.txt", "hello")
+    run = build_run(config, info, resume=str(archive), console_log=False)
+    with pytest.raises(CheckpointError, match=re.escape(f"{archive}: cannot be loaded")):
         await asyncio.wait_for(run.execute(), 120)
 
 

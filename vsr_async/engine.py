@@ -14,6 +14,7 @@ import os
 import resource
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,6 +75,7 @@ class Resumed:
     best_quality: float | None
     best_step: int | None
     validation_count: int
+    source: Path | None = None  # the file it came from (retention's lineage: see checkpoints.py)
 
 
 class TrainingEngine:
@@ -446,7 +448,7 @@ class TrainingEngine:
             "format_version": 1,
             "step": self.step,
             "samples_consumed": self.samples_consumed,
-            "config": self.config.to_dict(),
+            "config": self.config.public_dict(),  # never a secret: people share checkpoints
             "model": cpu_copy(self.model.state_dict()),
             "ema": cpu_copy(self.ema.state_dict()) if self.ema is not None else None,
             "optimizer": cpu_copy(self.optimizer.state_dict()),
