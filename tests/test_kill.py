@@ -45,11 +45,19 @@ def temp_files(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.iterdir() if p.name.startswith(".Statistik_")]
 
 
+def mtime_ns(path: Path) -> int:
+    """0 for a file gone since it was listed (a resume moves a lost branch's files aside)."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
 def wait_for_write_since(run_dir: Path, started_ns: int, process: subprocess.Popen) -> None:
     """Block until this process has written a Statistik file (polling the directory)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        written = any(p.stat().st_mtime_ns >= started_ns for p in statistik_files(run_dir))
+        written = any(mtime_ns(p) >= started_ns for p in statistik_files(run_dir))
         # ... and a checkpoint exists: a kill before the first one leaves a folder that a fresh
         # start would (rightly) not take over, so the next start would go to a sibling folder.
         if written and any((run_dir / "checkpoints").glob("*.pt")):
