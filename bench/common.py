@@ -50,7 +50,7 @@ async def start_bench_run(
 
     import torch
 
-    from vsr_async.launch import build_run, scan_async
+    from vsr_async.runtime.launch import build_run, scan_async
     from web.server import WebPanel
 
     if threads:

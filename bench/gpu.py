@@ -26,9 +26,9 @@ from reference_data import FRAMES, GT_SIZE, REFERENCE_SETTINGS, SCALE, build_ref
 
 from config import build_config
 from vsr_async.data.loader import build_datasets, build_train_loader
-from vsr_async.engine import TrainingEngine
-from vsr_async.launch import scan
-from vsr_async.model import ResBlock
+from vsr_async.nn.model import ResBlock
+from vsr_async.runtime.launch import scan
+from vsr_async.training.engine import TrainingEngine
 
 
 def make_engine(dataset: Path, **overrides) -> TrainingEngine:

@@ -48,8 +48,8 @@ def run_one_cap(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from config import build_config
-    from vsr_async.engine import TrainingEngine
-    from vsr_async.launch import scan
+    from vsr_async.runtime.launch import scan
+    from vsr_async.training.engine import TrainingEngine
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference_data import REFERENCE_SETTINGS, build_reference_dataset

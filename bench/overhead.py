@@ -26,7 +26,7 @@ import time
 import torch
 from common import machine, median, print_result, print_table, start_bench_run
 
-from vsr_async.commands import Phase
+from vsr_async.runtime.commands import Phase
 
 
 class StepClock:

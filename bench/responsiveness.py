@@ -29,8 +29,8 @@ from common import (
     temp_run_dir,
 )
 
-from vsr_async.commands import Trigger
-from vsr_async.statistics import StatisticsWriter
+from vsr_async.files.statistics import StatisticsWriter
+from vsr_async.runtime.commands import Trigger
 
 PROBE_INTERVAL_S = 0.005
 

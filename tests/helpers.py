@@ -18,7 +18,7 @@ import skimage.data
 
 from vsr_async.data.degrade import bicubic_downscale
 from vsr_async.data.images import write_png
-from vsr_async.launch import build_run, scan_async
+from vsr_async.runtime.launch import build_run, scan_async
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from config import build_config
-from vsr_async.adaptive import MIN_CLIP_SAMPLES, AdaptiveSystem
-from vsr_async.reports import AdaptiveReport, LossWeights
-from vsr_async.schedule import LRSchedule
+from vsr_async.records import AdaptiveReport, LossWeights
+from vsr_async.training.adaptive import MIN_CLIP_SAMPLES, AdaptiveSystem
+from vsr_async.training.schedule import LRSchedule
 
 CADENCE = 10  # the engine's LOG_TBOARD_EVERY in these tests
 

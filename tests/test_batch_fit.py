@@ -13,21 +13,20 @@ import torch
 from helpers import wait_until
 
 from config import Config
-from vsr_async import model as model_module
-from vsr_async.batch_fit import (
+from vsr_async.data.loader import TrainBatch
+from vsr_async.errors import DeviceMemoryError, VsrError
+from vsr_async.nn import model as model_module
+from vsr_async.runtime.launch import scan
+from vsr_async.training.batch_fit import (
     BatchPlan,
-    DeviceMemoryError,
     after_oom,
     divisors,
     fit_batch,
     next_smaller_micro_batch,
     split_batch,
 )
-from vsr_async.data.loader import TrainBatch
-from vsr_async.engine import TrainingEngine
-from vsr_async.errors import VsrError
-from vsr_async.launch import scan
-from vsr_async.memory_probe import probe_batch_plan
+from vsr_async.training.engine import TrainingEngine
+from vsr_async.training.memory_probe import probe_batch_plan
 
 GB = 10**9
 

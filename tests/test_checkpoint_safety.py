@@ -42,21 +42,21 @@ import torch
 from helpers import cli_config, finish_run, run_cli
 
 from config import live_keys, secret_keys
-from vsr_async.checkpoints import (
+from vsr_async.errors import CheckpointError, ConfigError
+from vsr_async.files.checkpoints import (
     BEST_NAME,
     CHECKPOINT_DIR,
     FORMAT_VERSION,
-    CheckpointWriter,
     checkpoint_name,
     list_checkpoints,
     load_checkpoint,
     write_checkpoint,
 )
-from vsr_async.commands import Trigger
-from vsr_async.errors import CheckpointError, ConfigError
-from vsr_async.store import StatsStore
-from vsr_async.superseded import SUPERSEDED_DIR, set_aside_newer_files
-from vsr_async.worker import GpuWorker
+from vsr_async.files.superseded import SUPERSEDED_DIR, set_aside_newer_files
+from vsr_async.runtime.checkpointer import CheckpointWriter
+from vsr_async.runtime.commands import Trigger
+from vsr_async.runtime.store import StatsStore
+from vsr_async.runtime.worker import GpuWorker
 
 TOKEN = "tok-9f3c1e77d2b54a0c8e6f"
 
@@ -205,7 +205,7 @@ class FixedEngine:
 
 
 async def test_best_is_replaced_only_by_a_better_model(tmp_path: Path, make_config, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="vsr_async.checkpoints")
+    caplog.set_level(logging.INFO, logger="vsr_async.runtime.checkpointer")
     config = make_config()
     directory = tmp_path / CHECKPOINT_DIR
     directory.mkdir()

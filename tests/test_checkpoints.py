@@ -20,22 +20,22 @@ import pytest
 import torch
 from helpers import CONTINUING, CliRun, cli_config, finish_run
 
-from vsr_async import checkpoints
-from vsr_async.checkpoints import (
+from vsr_async.errors import CheckpointError
+from vsr_async.files.checkpoints import (
     BEST_NAME,
     CHECKPOINT_DIR,
     FORMAT_VERSION,
-    CheckpointWriter,
     checkpoint_name,
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
     write_checkpoint,
 )
-from vsr_async.commands import Trigger
-from vsr_async.errors import CheckpointError
-from vsr_async.store import StatsStore
-from vsr_async.worker import GpuWorker
+from vsr_async.runtime import checkpointer
+from vsr_async.runtime.checkpointer import CheckpointWriter
+from vsr_async.runtime.commands import Trigger
+from vsr_async.runtime.store import StatsStore
+from vsr_async.runtime.worker import GpuWorker
 
 SAVED = re.compile(r"checkpoint saved: checkpoint_(\d+)\.pt")
 NEW_RUN = re.compile(r"no checkpoint in \S+: starting a new run")
@@ -140,13 +140,13 @@ async def test_saves_wait_while_writes_pile_up(
     await worker.start()
     writer = CheckpointWriter(tmp_path, worker, StatsStore(run_id="r", step_max=9), config)
     disk = threading.Event()
-    real_write = checkpoints.write_checkpoint
+    real_write = checkpointer.write_checkpoint
 
     def slow_write(path: Path, state: dict[str, Any]) -> None:  # fault injection: a stuck disk
         assert disk.wait(60)
         real_write(path, state)
 
-    monkeypatch.setattr(checkpoints, "write_checkpoint", slow_write)
+    monkeypatch.setattr(checkpointer, "write_checkpoint", slow_write)
     try:
         written = [await writer.save("a"), await writer.save("b")]
         third = asyncio.ensure_future(writer.save("c"))

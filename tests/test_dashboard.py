@@ -11,10 +11,10 @@ from typing import Any
 from helpers import wait_until
 from rich.console import Console
 
-from vsr_async.commands import Trigger
-from vsr_async.dashboard import MAX_FRAMES_PER_S, Dashboard
-from vsr_async.dashboard_frame import MISSING
-from vsr_async.store import StatsStore
+from vsr_async.runtime.commands import Trigger
+from vsr_async.runtime.store import StatsStore
+from vsr_async.terminal.dashboard import MAX_FRAMES_PER_S, Dashboard
+from vsr_async.terminal.frame import MISSING
 
 # The snapshot keys the dashboard shows; each one that is None shows exactly one MISSING.
 SHOWN_KEYS = (

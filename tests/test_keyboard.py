@@ -24,7 +24,7 @@ import pexpect
 import pytest
 from helpers import REPO, TINY_SETTINGS, run_cli, wait_until, write_toml
 
-from vsr_async.keyboard import STOP_PROMPT, KeyboardReader, keys_in
+from vsr_async.terminal.keyboard import STOP_PROMPT, KeyboardReader, keys_in
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[@-Z\\-_]")
 WAIT_S = 60.0
@@ -294,7 +294,7 @@ async def test_reader_on_a_pty_queues_keys_at_once_and_restores_the_mode(
 async def test_without_a_terminal_or_with_no_keyboard_the_reader_stays_off(
     make_config, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="vsr_async.keyboard")
+    caplog.set_level(logging.INFO, logger="vsr_async.terminal.keyboard")
     keyboard_on = SimpleNamespace(config=make_config(KEYBOARD_ENABLED=True))
     piped = KeyboardReader(keyboard_on, stdin=io.StringIO(""))
     await piped.start()
@@ -310,7 +310,7 @@ async def test_without_a_terminal_or_with_no_keyboard_the_reader_stays_off(
     os.close(master)
     os.close(slave)
     await asyncio.gather(piped.stop(), off.stop())
-    messages = [r.getMessage() for r in caplog.records if r.name == "vsr_async.keyboard"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "vsr_async.terminal.keyboard"]
     assert messages == [
         "keyboard off: stdin is not a terminal",
         "keyboard off: --no-keyboard (KEYBOARD_ENABLED = false)",

@@ -15,8 +15,8 @@ from torch import nn
 
 from config import Config
 from vsr_async.errors import ConfigError
-from vsr_async.losses import TERM_NAMES, LossComputer, LossWeights, sharpness_ratio
-from vsr_async.perceptual import VGGPerceptual, load_perceptual
+from vsr_async.nn.losses import TERM_NAMES, LossComputer, LossWeights, sharpness_ratio
+from vsr_async.nn.perceptual import VGGPerceptual, load_perceptual
 
 # torchvision's vgg16 "D" configuration: conv widths, "M" = max-pool.
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -27,7 +27,7 @@ def _torchvision_vgg16_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The key names and shapes of `torchvision.models.vgg16().state_dict()`, random values.
 
-    Built from the published layout, independently of `vsr_async.perceptual`, so a mismatch in
+    Built from the published layout, independently of `vsr_async.nn.perceptual`, so a mismatch in
     our indices would show up as a load failure.
     """
     g = torch.Generator().manual_seed(seed)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from skimage import data
 from torch.overrides import TorchFunctionMode
 
-from vsr_async.losses import LossComputer, LossWeights
 from vsr_async.metrics import psnr
-from vsr_async.model import VSRNet, count_parameters
+from vsr_async.nn.losses import LossComputer, LossWeights
+from vsr_async.nn.model import VSRNet, count_parameters
 
 
 def _bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:

@@ -25,13 +25,13 @@ import pytest
 from helpers import TINY_SETTINGS, run_cli, wait_until, write_patch_dataset, write_toml
 from web_helpers import running_panel, web_config
 
-from vsr_async import statistics
 from vsr_async.data.layout import scan_dataset
 from vsr_async.errors import DatasetError
-from vsr_async.launch import Run
+from vsr_async.files import statistics
+from vsr_async.files.statistics import StatisticsWriter, serialize_snapshot
 from vsr_async.names import display_name, displayable, undecodable_names
-from vsr_async.statistics import StatisticsWriter, serialize_snapshot
-from vsr_async.store import finite_or_none
+from vsr_async.runtime.launch import Run
+from vsr_async.runtime.store import finite_or_none
 
 BAD = os.fsdecode(b"\xff\xfe.png")  # '\udcff\udcfe.png': os.fsdecode's surrogate escapes
 SHOWN = "\\xff\\xfe"  # how the panel, Statistik files and `check` show it
@@ -127,7 +127,7 @@ async def test_writer_survives_a_failure_that_is_not_an_oserror(
         return real(snapshot)
 
     monkeypatch.setattr(statistics, "serialize_snapshot", fails_once)
-    caplog.set_level(logging.ERROR, logger="vsr_async.statistics")
+    caplog.set_level(logging.ERROR, logger="vsr_async.files.statistics")
     run: Run = await start_run(VAL_STEP_EVERY=3)
     store = run.store
     errors: list[str] = []

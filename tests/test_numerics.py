@@ -17,12 +17,12 @@ from helpers import wait_until
 from torch.overrides import TorchFunctionMode
 
 from config import Config
-from vsr_async.checkpoints import CHECKPOINT_DIR, checkpoint_name, load_checkpoint
-from vsr_async.commands import Trigger
 from vsr_async.data.loader import TrainBatch
-from vsr_async.engine import TrainingEngine
-from vsr_async.launch import Run, build_run, scan, scan_async
-from vsr_async.validation import run_validation
+from vsr_async.files.checkpoints import CHECKPOINT_DIR, checkpoint_name, load_checkpoint
+from vsr_async.runtime.commands import Trigger
+from vsr_async.runtime.launch import Run, build_run, scan, scan_async
+from vsr_async.training.engine import TrainingEngine
+from vsr_async.training.validation import run_validation
 
 # Tensor methods that copy a device value to the host (a CPU-GPU sync on CUDA).
 HOST_READS = {

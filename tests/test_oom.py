@@ -22,14 +22,14 @@ import torch
 from helpers import wait_until
 
 from config import Config
-from vsr_async.batch_fit import DeviceMemoryError
-from vsr_async.checkpoints import CHECKPOINT_DIR, find_resume_checkpoint
 from vsr_async.data.degrade import bicubic_downscale
-from vsr_async.engine import TrainingEngine
-from vsr_async.launch import build_run, scan, scan_async
-from vsr_async.model import VSRNet
-from vsr_async.tiling import TiledInference, receptive_radius, tiled_forward
-from vsr_async.validation import run_validation
+from vsr_async.errors import DeviceMemoryError
+from vsr_async.files.checkpoints import CHECKPOINT_DIR, find_resume_checkpoint
+from vsr_async.nn.model import VSRNet
+from vsr_async.nn.tiling import TiledInference, receptive_radius, tiled_forward
+from vsr_async.runtime.launch import build_run, scan, scan_async
+from vsr_async.training.engine import TrainingEngine
+from vsr_async.training.validation import run_validation
 
 
 def engine_for(make_config: Callable[..., Config], **overrides: Any) -> TrainingEngine:

@@ -7,7 +7,7 @@ import pytest
 from helpers import wait_until
 
 from vsr_async.errors import ConfigError, VsrError
-from vsr_async.precision import choose_precision
+from vsr_async.training.precision import choose_precision
 
 
 @pytest.mark.parametrize(

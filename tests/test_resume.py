@@ -20,15 +20,15 @@ import torch
 from helpers import CONTINUING, LOG_STEP, CliRun, cli_config, finish_run, read_json, wait_until
 
 from config import Config
-from vsr_async.checkpoints import (
+from vsr_async.errors import CheckpointError
+from vsr_async.files.checkpoints import (
     CHECKPOINT_DIR,
     check_compatible,
     checkpoint_name,
     list_checkpoints,
     load_checkpoint,
 )
-from vsr_async.errors import CheckpointError
-from vsr_async.launch import build_run, fresh_run_dir, scan_async
+from vsr_async.runtime.launch import build_run, fresh_run_dir, scan_async
 
 
 def model_tensors(path: Path) -> dict[str, torch.Tensor]:

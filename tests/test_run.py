@@ -8,8 +8,8 @@ from pathlib import Path
 
 from helpers import read_json, wait_until
 
-from vsr_async.commands import Trigger
-from vsr_async.statistics import list_statistics
+from vsr_async.files.statistics import list_statistics
+from vsr_async.runtime.commands import Trigger
 
 # Every field DESIGN §3 names: the predecessor's names plus the new ones.
 DESIGN_FIELDS = (

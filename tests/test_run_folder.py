@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from helpers import REPO, CliRun, cli_config, finish_run, run_cli
 
-from vsr_async.checkpoints import CHECKPOINT_DIR
 from vsr_async.errors import ConfigError
-from vsr_async.launch import build_run, scan_async
-from vsr_async.run_lock import LOCK_NAME, RunLock
+from vsr_async.files.checkpoints import CHECKPOINT_DIR
+from vsr_async.files.run_lock import LOCK_NAME, RunLock
+from vsr_async.runtime.launch import build_run, scan_async
 
 SAVED = re.compile(r"checkpoint saved: checkpoint_(\d+)\.pt")
 
@@ -143,7 +143,7 @@ FORKING_HOLDER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from vsr_async.run_lock import RunLock
+    from vsr_async.files.run_lock import RunLock
 
     lock = RunLock.acquire(Path(sys.argv[1]))
     child = os.fork()  # any forked helper (the loader itself uses forkserver or spawn)
@@ -285,7 +285,7 @@ FULL_DISK_SCRIPT = textwrap.dedent(
     """
     import contextlib, logging, sys, threading
     from pathlib import Path
-    from vsr_async.logs import RunLogging
+    from vsr_async.files.logs import RunLogging
 
     disk = Path(sys.argv[1])
     logs = RunLogging(disk / "Learn", console=True)

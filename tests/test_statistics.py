@@ -9,15 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from vsr_async.atomic import remove_stale_temps, temp_path_for, write_atomic, write_atomic_async
-from vsr_async.statistics import (
+from vsr_async.files.atomic import (
+    remove_stale_temps,
+    temp_path_for,
+    write_atomic,
+    write_atomic_async,
+)
+from vsr_async.files.statistics import (
     StatisticsWriter,
     list_statistics,
     remove_stale_statistics_temps,
     serialize_snapshot,
     statistics_step,
 )
-from vsr_async.store import finite_or_none
+from vsr_async.runtime.store import finite_or_none
 
 
 def test_serializer_is_strict_utf8_json() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import CliRun, cli_config, write_patch_dataset
 
-from vsr_async.checkpoints import list_checkpoints, load_checkpoint
+from vsr_async.files.checkpoints import list_checkpoints, load_checkpoint
 
 STOP_BUDGET_S = 5.0
 VALIDATION_STARTED = re.compile(r"validation started at step (\d+)")

@@ -21,7 +21,7 @@ from web_helpers import LiveRun, next_event, read_events, running_panel, web_con
 from yarl import URL
 
 from vsr_async.errors import PortInUseError
-from vsr_async.statistics import serialize_snapshot
+from vsr_async.files.statistics import serialize_snapshot
 from web.schemas import SNAPSHOT_FIELDS
 from web.server import WebPanel
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import wait_until
 
-from vsr_async.commands import Trigger
-from vsr_async.statistics import list_statistics
+from vsr_async.files.statistics import list_statistics
+from vsr_async.runtime.commands import Trigger
 
 
 class FullDisk:

@@ -16,8 +16,8 @@ import aiohttp
 from helpers import TINY_SETTINGS
 
 from config import Config, build_config
-from vsr_async.launch import Run, build_run, scan_async
-from vsr_async.store import StatsStore
+from vsr_async.runtime.launch import Run, build_run, scan_async
+from vsr_async.runtime.store import StatsStore
 from web.server import WebPanel
 
 BROWSER_ARGS = [

@@ -168,7 +168,7 @@ def build_demo_data(config: Config) -> None:
 
 
 def scan_with_progress(config: Config) -> Any:
-    from vsr_async.launch import scan
+    from vsr_async.runtime.launch import scan
 
     with ProgressBar("checking dataset") as bar:
         return scan(config, progress=bar.update)
@@ -194,7 +194,7 @@ def check(config: Config) -> int:
 
 
 async def train(config: Config, args: argparse.Namespace) -> int:
-    from vsr_async.launch import build_run
+    from vsr_async.runtime.launch import build_run
 
     info = scan_with_progress(config)
     run = build_run(config, info, resume=args.resume)
@@ -204,8 +204,8 @@ async def train(config: Config, args: argparse.Namespace) -> int:
 
         panel = WebPanel(run.supervisor, config, run.logging)
         run.supervisor.add_service(panel)
-    from vsr_async.dashboard import Dashboard
-    from vsr_async.keyboard import KeyboardReader
+    from vsr_async.terminal.dashboard import Dashboard
+    from vsr_async.terminal.keyboard import KeyboardReader
 
     dashboard = Dashboard.for_terminal(run.supervisor, run.logging)  # None without a TTY
     keyboard = KeyboardReader(run.supervisor, dashboard)

@@ -61,6 +61,10 @@ class CheckpointError(VsrError):
         super().__init__(f"checkpoint {self.path}: {message}")
 
 
+class DeviceMemoryError(VsrError):
+    """Not even one sample per micro-batch, with gradient checkpointing, fits the device."""
+
+
 class PortInUseError(VsrError):
     """The web panel cannot bind its address (usually: another run holds the port)."""
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from vsr_async.logs import RunLogging
-from vsr_async.supervisor import Supervisor
+from vsr_async.files.logs import RunLogging
+from vsr_async.runtime.supervisor import Supervisor
 from web import control, handlers
 from web.events import EventHub
 from web.images import StripImages

@@ -20,10 +20,10 @@ from aiohttp import web
 
 import config as config_module
 from config import Config, describe_type, live_keys
-from vsr_async.commands import Phase, Trigger
 from vsr_async.errors import ConfigError
-from vsr_async.live_config import LiveConfigConflict, StartOnlyKeyError, live_values
-from vsr_async.supervisor import CommandNotAvailable, Supervisor
+from vsr_async.runtime.commands import Phase, Trigger
+from vsr_async.runtime.live_config import LiveConfigConflict, StartOnlyKeyError, live_values
+from vsr_async.runtime.supervisor import CommandNotAvailable, Supervisor
 from web.keys import EVENTS, SUPERVISOR
 from web.middlewares import ApiError
 

@@ -18,9 +18,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from vsr_async.files.statistics import (
+    list_statistics,
+    serialize_snapshot,
+    statistics_name,
+    statistics_step,
+)
 from vsr_async.names import displayable, is_valid_text
-from vsr_async.statistics import list_statistics, serialize_snapshot, statistics_step
-from vsr_async.store import statistics_name
 from web.events import stream_events
 from web.keys import EVENTS, IMAGES, OPENAPI, REGISTRY, SUPERVISOR
 from web.middlewares import ApiError

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vsr_async.store import StatsStore
+from vsr_async.runtime.store import StatsStore
 
 
 def encode_png(strip: np.ndarray) -> bytes:

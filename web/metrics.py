@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vsr_async.store import StatsStore
+from vsr_async.runtime.store import StatsStore
 
 # snapshot key → (metric name, help); unlabelled gauges
 GAUGES: tuple[tuple[str, str, str], ...] = (

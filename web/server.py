@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from vsr_async.errors import PortInUseError
-from vsr_async.logs import RunLogging
-from vsr_async.supervisor import Supervisor
+from vsr_async.files.logs import RunLogging
+from vsr_async.runtime.supervisor import Supervisor
 from web.app import create_app
 from web.keys import EVENTS, SECURITY
 from web.security import UNSPECIFIED_HOSTS

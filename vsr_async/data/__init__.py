@@ -2,6 +2,8 @@
 
 The engine needs only: `scan_dataset` → `build_datasets` → `build_train_loader`, plus
 `position_after` to resume, and `build_demo_dataset` for the default run.
+Imports only the top-level modules (`errors`, `names`) and `config`: never `nn`, `training`,
+`runtime`, `files`, `terminal` or `web`.
 """
 
 from vsr_async.data.demo import build_demo_dataset

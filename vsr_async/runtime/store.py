@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from vsr_async.files.statistics import statistics_name
 from vsr_async.names import display_name
-from vsr_async.reports import StepResult, StepStats, ValidationResult
+from vsr_async.records import StepResult, StepStats, ValidationResult
 
 SCHEMA_VERSION = 1
 HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
@@ -383,8 +384,3 @@ def with_display_names(result: ValidationResult) -> ValidationResult:
     """The result with its image names valid UTF-8 (escaped where a file name was not)."""
     images = tuple(replace(m, name=display_name(m.name)) for m in result.images)
     return replace(result, images=images)
-
-
-def statistics_name(step: int) -> str:
-    """`Statistik_<step>.json`, step not padded (DESIGN §4)."""
-    return f"Statistik_{step}.json"

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vsr_async.reports import AdaptiveReport, LossWeights
-from vsr_async.schedule import LRSchedule
+from vsr_async.records import AdaptiveReport, LossWeights
+from vsr_async.training.schedule import LRSchedule
 
 OFF, WARMUP, SETTLING, STABLE, AGGRESSIVE = "Off", "Warmup", "Settling", "Stable", "Aggressive"
 TERMS = ("l1", "ms", "grad", "perceptual")  # order of the multipliers in state_dict

@@ -7,14 +7,18 @@ as they were, and frees what it allocated.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from torch import Tensor
 
-from vsr_async.batch_fit import (
+from vsr_async.nn.tiling import free_device_memory
+from vsr_async.training.batch_fit import (
     SAFETY_MARGIN,
     BatchPlan,
     fit_batch,
@@ -22,15 +26,33 @@ from vsr_async.batch_fit import (
     requested_setting,
     usable_device_memory,
 )
-from vsr_async.tiling import free_device_memory
 
 if TYPE_CHECKING:
-    from vsr_async.engine import TrainingEngine
+    from vsr_async.nn.losses import LossComputer
+    from vsr_async.nn.model import VSRNet
+    from vsr_async.training.adaptive import AdaptiveSystem
 
 log = logging.getLogger(__name__)
 
 
-def probe_batch_plan(engine: TrainingEngine) -> BatchPlan:
+class ProbedEngine(Protocol):
+    """What the probe uses of `TrainingEngine`, which calls it (so the probe never imports the
+    engine back)."""
+
+    config: Any
+    device: torch.device
+    model: VSRNet
+    optimizer: torch.optim.Optimizer
+    adaptive: AdaptiveSystem
+    loss: LossComputer
+    forward: Callable[[Tensor], Tensor]
+    train_gt_size: tuple[int, int]
+    samples_per_step: int
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]: ...
+
+
+def probe_batch_plan(engine: ProbedEngine) -> BatchPlan:
     """Real trial steps (forward+backward, no optimizer step) at the training sample size.
 
     The peak is measured with max_memory_allocated; memory AdamW's state will take is held
@@ -64,7 +86,7 @@ def probe_batch_plan(engine: TrainingEngine) -> BatchPlan:
         torch.cuda.reset_peak_memory_stats(engine.device)  # vram_usage_gb starts after it
 
 
-def trial_step(engine: TrainingEngine, micro_batch: int, checkpointing: bool) -> int:
+def trial_step(engine: ProbedEngine, micro_batch: int, checkpointing: bool) -> int:
     """Forward+backward of `micro_batch` synthetic samples; the peak allocated bytes."""
     engine.optimizer.zero_grad(set_to_none=True)
     free_device_memory(engine.device)  # what a failed trial held is unreferenced by now

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vsr_async.reports import LossWeights
+from vsr_async.records import LossWeights
 
 __all__ = ["TERM_NAMES", "LossComputer", "LossWeights", "sharpness_ratio"]
 

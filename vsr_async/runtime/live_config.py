@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from config import LEGACY_KEYS, Config, live_keys
-from vsr_async.atomic import write_atomic_async
 from vsr_async.errors import ConfigError
-from vsr_async.tensorboard import TensorBoardLogger
+from vsr_async.files.atomic import write_atomic_async
+from vsr_async.files.tensorboard import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 

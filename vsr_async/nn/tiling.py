@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vsr_async.batch_fit import DeviceMemoryError
+from vsr_async.errors import DeviceMemoryError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vsr_async.reports import StepResult, ValidationResult
+from vsr_async.records import StepResult, ValidationResult
 
 log = logging.getLogger(__name__)
 

@@ -6,15 +6,10 @@ deliberate sync). Weights are loaded by `checkpoints.py`, never here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-
-if TYPE_CHECKING:
-    from config import Config
 
 
 def _init_scaled(conv: nn.Conv2d, scale: float) -> None:
@@ -136,10 +131,6 @@ class VSRNet(nn.Module):
         )
         self.register_buffer("activity_sum", torch.zeros(n_blocks + 1), persistent=False)
         self.register_buffer("activity_count", torch.zeros((), dtype=torch.int64), persistent=False)
-
-    @classmethod
-    def from_config(cls, config: Config) -> VSRNet:
-        return cls(config.N_FEATS, config.N_BLOCKS, config.NUM_FRAMES, config.SCALE)
 
     def forward(self, lr: Tensor) -> Tensor:  # lr: [B, T, 3, h, w]
         _, t, c, h, w = lr.shape

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vsr_async.atomic import DaemonThreadExecutor, remove_stale_temps, write_atomic_async
+from vsr_async.files.atomic import DaemonThreadExecutor, remove_stale_temps, write_atomic_async
 from vsr_async.names import display_name, displayable
-from vsr_async.store import statistics_name
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,11 @@ def serialize_snapshot(snapshot: dict[str, Any]) -> bytes:
     except UnicodeEncodeError:
         text = json.dumps(displayable(snapshot), indent=2, ensure_ascii=False, allow_nan=False)
         return text.encode("utf-8")
+
+
+def statistics_name(step: int) -> str:
+    """`Statistik_<step>.json`, step not padded (DESIGN §4)."""
+    return f"Statistik_{step}.json"
 
 
 def statistics_step(name: str) -> int | None:

@@ -19,22 +19,28 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from vsr_async import commands as cmd
-from vsr_async.commands import Phase, RequestStatus, Trigger, ValidationReport, ValidationRequest
 from vsr_async.errors import ConfigError, VsrError
-from vsr_async.live_config import (
+from vsr_async.files.statistics import StatisticsWriter
+from vsr_async.files.tensorboard import TensorBoardLogger
+from vsr_async.records import StepResult, ValidationResult
+from vsr_async.runtime import commands as cmd
+from vsr_async.runtime.commands import (
+    Phase,
+    RequestStatus,
+    Trigger,
+    ValidationReport,
+    ValidationRequest,
+)
+from vsr_async.runtime.live_config import (
     ConfigChangeFailed,
     check_against_pending,
     check_live_changes,
     describe_changes,
     live_values,
 )
-from vsr_async.reports import StepResult, ValidationResult
-from vsr_async.statistics import StatisticsWriter
-from vsr_async.store import StatsStore
-from vsr_async.tensorboard import TensorBoardLogger
-from vsr_async.validation import ValidationInterrupted
-from vsr_async.worker import GpuWorker
+from vsr_async.runtime.store import StatsStore
+from vsr_async.runtime.worker import GpuWorker
+from vsr_async.training.validation import ValidationInterrupted
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from vsr_async.atomic import fsync_directory
-from vsr_async.checkpoints import BEST_NAME, CHECKPOINT_DIR, list_checkpoints, load_checkpoint
 from vsr_async.errors import CheckpointError, ConfigError
-from vsr_async.statistics import list_statistics
+from vsr_async.files.atomic import fsync_directory
+from vsr_async.files.checkpoints import BEST_NAME, CHECKPOINT_DIR, list_checkpoints, load_checkpoint
+from vsr_async.files.statistics import list_statistics
 
 log = logging.getLogger(__name__)
 

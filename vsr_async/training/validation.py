@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsr_async.metrics import psnr, quality, ssim
-from vsr_async.reports import ImageMetrics, ValidationResult
-from vsr_async.tiling import TiledInference
+from vsr_async.nn.tiling import TiledInference
+from vsr_async.records import ImageMetrics, ValidationResult
 
 STRIP_IMAGES = 8  # validation images that get an LR | output | GT strip (panel, TensorBoard)
 

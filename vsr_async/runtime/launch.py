@@ -17,26 +17,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vsr_async.checkpoints import (
+from vsr_async.errors import CheckpointError, ConfigError
+from vsr_async.files.checkpoints import (
     BEST_NAME,
     CHECKPOINT_DIR,
-    CheckpointWriter,
     check_archive,
     check_compatible,
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
 )
-from vsr_async.errors import CheckpointError, ConfigError
-from vsr_async.live_config import RUNTIME_CONFIG, LiveConfigRecorder, load_runtime_config
-from vsr_async.logs import LOG_NAME, RunLogging
-from vsr_async.run_lock import RunLock, folder_busy, folder_in_use
-from vsr_async.statistics import StatisticsWriter, remove_stale_statistics_temps
-from vsr_async.store import StatsStore
-from vsr_async.superseded import set_aside_newer_files
-from vsr_async.supervisor import Supervisor
-from vsr_async.tensorboard import TensorBoardLogger
-from vsr_async.worker import GpuWorker
+from vsr_async.files.logs import LOG_NAME, RunLogging
+from vsr_async.files.run_lock import RunLock, folder_busy, folder_in_use
+from vsr_async.files.statistics import StatisticsWriter, remove_stale_statistics_temps
+from vsr_async.files.superseded import set_aside_newer_files
+from vsr_async.files.tensorboard import TensorBoardLogger
+from vsr_async.runtime.checkpointer import CheckpointWriter
+from vsr_async.runtime.live_config import RUNTIME_CONFIG, LiveConfigRecorder, load_runtime_config
+from vsr_async.runtime.store import StatsStore
+from vsr_async.runtime.supervisor import Supervisor
+from vsr_async.runtime.worker import GpuWorker
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def resume_source(config: Any, resume: str) -> Path | None:
 
 def make_engine(config: Any, dataset_info: Any, source: Path | None) -> Any:
     """Build the engine on the GPU thread and, when resuming, load the checkpoint there too."""
-    from vsr_async.engine import TrainingEngine
+    from vsr_async.training.engine import TrainingEngine
 
     engine = TrainingEngine(config, dataset_info)
     if source is None:

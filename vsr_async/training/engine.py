@@ -19,10 +19,16 @@ from typing import Any
 
 import torch
 
-from vsr_async.adaptive import AdaptiveSystem
-from vsr_async.batch_fit import (
+from vsr_async.data.loader import TrainBatch, build_datasets, build_train_loader
+from vsr_async.errors import DeviceMemoryError
+from vsr_async.nn.ema import EmaWeights
+from vsr_async.nn.losses import LossComputer, sharpness_ratio
+from vsr_async.nn.model import VSRNet
+from vsr_async.nn.tiling import TiledInference, free_device_memory
+from vsr_async.records import StepResult, StepStats, ValidationResult
+from vsr_async.training.adaptive import AdaptiveSystem
+from vsr_async.training.batch_fit import (
     BatchPlan,
-    DeviceMemoryError,
     after_oom,
     configured_plan,
     effective_batch,
@@ -30,18 +36,12 @@ from vsr_async.batch_fit import (
     split_batch,
     unlimited_plan,
 )
-from vsr_async.data.loader import TrainBatch, build_datasets, build_train_loader
-from vsr_async.ema import EmaWeights
-from vsr_async.losses import LossComputer, sharpness_ratio
-from vsr_async.memory_probe import probe_batch_plan
-from vsr_async.model import VSRNet
-from vsr_async.precision import PrecisionPlan, precision_for, resolve_device
-from vsr_async.reports import StepResult, StepStats, ValidationResult
-from vsr_async.rng import capture_rng, restore_rng
-from vsr_async.schedule import LRSchedule
-from vsr_async.step_window import StepWindow
-from vsr_async.tiling import TiledInference, free_device_memory
-from vsr_async.validation import run_validation
+from vsr_async.training.memory_probe import probe_batch_plan
+from vsr_async.training.precision import PrecisionPlan, precision_for, resolve_device
+from vsr_async.training.rng import capture_rng, restore_rng
+from vsr_async.training.schedule import LRSchedule
+from vsr_async.training.step_window import StepWindow
+from vsr_async.training.validation import run_validation
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class TrainingEngine:
     def _perceptual(self, config: Any) -> torch.nn.Module | None:
         if config.PERCEPTUAL_WEIGHT <= 0:
             return None
-        from vsr_async.perceptual import load_perceptual
+        from vsr_async.nn.perceptual import load_perceptual
 
         return load_perceptual(config.PERCEPTUAL_WEIGHTS_PATH).to(self.device)
 

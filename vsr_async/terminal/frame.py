@@ -6,14 +6,11 @@ exist yet is "–", never a made-up constant.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.text import Text
-
-if TYPE_CHECKING:
-    from vsr_async.dashboard import Dashboard
 
 MISSING = "–"  # a value that does not exist yet; never a made-up constant
 
@@ -92,10 +89,24 @@ def bar(fraction: float, width: int) -> str:
 # --- the frame: one snapshot laid out for the console's current size ---------------------------
 
 
+class FrameOwner(Protocol):
+    """What a frame reads of the `Dashboard` that draws it (a Protocol, so this module never
+    imports the dashboard back)."""
+
+    view: ActivityView
+    help_visible: bool
+    keyboard_active: bool
+    keyboard_note: str
+
+    def panel_url(self, snapshot: dict[str, Any]) -> str: ...
+
+    def current_message(self) -> tuple[str, str] | None: ...
+
+
 class DashboardFrame:
     """A rich renderable; sections are dropped (least important first) to fit the height."""
 
-    def __init__(self, dashboard: Dashboard, snapshot: dict[str, Any]) -> None:
+    def __init__(self, dashboard: FrameOwner, snapshot: dict[str, Any]) -> None:
         self.d = dashboard
         self.s = snapshot
 

@@ -21,8 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from vsr_async.dashboard_frame import ActivityView, DashboardFrame, fmt_percent, fmt_steps
-from vsr_async.terminal import LEAVE_FULL_SCREEN, FrameWriter, is_terminal
+from vsr_async.terminal.frame import ActivityView, DashboardFrame, fmt_percent, fmt_steps
+from vsr_async.terminal.tty import LEAVE_FULL_SCREEN, FrameWriter, is_terminal
 
 log = logging.getLogger(__name__)
 

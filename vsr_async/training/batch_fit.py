@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from vsr_async.data.loader import TrainBatch
-from vsr_async.errors import VsrError
+from vsr_async.errors import DeviceMemoryError
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,6 @@ SAFETY_MARGIN = 0.10
 larger clips and the memory growth of a long run)."""
 
 GB = 1e9
-
-
-class DeviceMemoryError(VsrError):
-    """Not even one sample per micro-batch, with gradient checkpointing, fits the device."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from vsr_async.reports import StepResult, ValidationResult
+from vsr_async.records import StepResult, ValidationResult
 
 T = TypeVar("T")
 
