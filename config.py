@@ -192,6 +192,12 @@ class Config:
     WEB_TOKEN: str = field(default="", metadata={"secret": True})
     """Bearer token; empty = generated and printed once when the host is not loopback. Secret:
     never stored in checkpoints, Statistik files, logs or TensorBoard."""
+    WEB_MAX_CONNECTIONS: int = _f(0, lo=0, hi=65536)
+    """Connections the panel keeps open at once (event streams included); one more gets a 503
+    and is closed. 0 = a quarter of the process's file-descriptor limit, at most 256."""
+    WEB_IDLE_TIMEOUT_S: float = _f(10.0, lo=0.1, hi=3600.0)
+    """Seconds a connection may go without sending a complete request head, after connecting
+    and between requests; then it is closed. Requests being answered (event streams) are not."""
     KEYBOARD_ENABLED: bool = True
     """Read keys from stdin when it is a terminal (--no-keyboard turns it off)."""
 

@@ -215,3 +215,33 @@ def test_demo_trains_and_validates_from_a_fresh_directory(tmp_path: Path) -> Non
     assert (learn / "checkpoints" / "checkpoint_20.pt").is_file()
     assert "Traceback" not in result.stderr
     shutil.rmtree(tmp_path / "vsr_demo")
+
+
+@pytest.mark.parametrize(
+    ("host", "fragment"),
+    [
+        ("nosuchhost.invalid", "cannot resolve the host 'nosuchhost.invalid'"),  # RFC 6761
+        ("192.0.2.1", "'192.0.2.1' is not an address of this machine"),  # TEST-NET-1
+    ],
+)
+def test_host_the_panel_cannot_bind_is_one_line(tmp_path: Path, host: str, fragment: str) -> None:
+    """A well-formed WEB_HOST that fails at bind time: one error line naming the key and the
+    host, exit 1. (Log lines of the starting run may come before it: the panel binds as the
+    run starts.)"""
+    dataset = write_patch_dataset(tmp_path / "data", train=2, val=1)
+    path = write_toml(
+        tmp_path / "run.toml",
+        {
+            **TINY_SETTINGS,
+            "DATASET_ROOT": str(dataset),
+            "DATA_ROOT": str(tmp_path / "Learn"),
+            "WEB_ENABLED": True,
+        },
+    )
+    args = ("train", "--config", str(path), "--host", host, "--port", "0", "--no-keyboard")
+    result = run_cli(*args, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vsr_async: error")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"vsr_async: error: config key WEB_HOST: {fragment}"), errors

@@ -197,12 +197,17 @@ async def train(config: Config, args: argparse.Namespace) -> int:
     from vsr_async.runtime.launch import build_run
 
     info = scan_with_progress(config)
+    sockets = None
+    if config.WEB_ENABLED:  # bound first: a busy port or bad host is an error before any file
+        from web.server import bind_panel
+
+        sockets = await bind_panel(config)
     run = build_run(config, info, resume=args.resume)
     panel = None
     if config.WEB_ENABLED:
         from web.server import WebPanel
 
-        panel = WebPanel(run.supervisor, config, run.logging)
+        panel = WebPanel(run.supervisor, config, run.logging, sockets=sockets)
         run.supervisor.add_service(panel)
     from vsr_async.terminal.dashboard import Dashboard
     from vsr_async.terminal.keyboard import KeyboardReader

@@ -1,11 +1,14 @@
 """Image files ↔ arrays ↔ tensors: the one place that decodes and encodes pixels.
 
 Arrays are uint8 HxWx3 RGB; tensors are float32 [3, H, W] in [0, 1]. Every decoding failure
-becomes a `DatasetError` naming the file, so callers never see PIL's many exception types.
+becomes a `DatasetError` naming the file, so callers never see PIL's many exception types; a
+process out of descriptors or memory is a `ProcessResourceError` instead, never the file's fault.
 """
 
 from __future__ import annotations
 
+import errno
+import resource
 import struct
 import zlib
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vsr_async.data.listing import os_error_reason
-from vsr_async.errors import DatasetError
+from vsr_async.errors import DatasetError, VsrError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -34,6 +37,46 @@ _DECODE_ERRORS = (
 )
 
 
+class ProcessResourceError(VsrError):
+    """A read failed because this process (or the machine) is out of file descriptors or memory.
+
+    Not the file's fault: it is never counted as a broken file nor blamed on the dataset; the
+    reader waits for the resource to come back (SkippingDataset) and only then gives up.
+    """
+
+    SUFFIX = "; the file itself is not at fault"
+
+    def __init__(self, path: Path | str, what: str) -> None:
+        self.path, self.what = Path(path), what  # `what` has no ": " (see from_message)
+        super().__init__(f"cannot read {self.path}: {what}{self.SUFFIX}")
+
+    @classmethod
+    def from_message(cls, message: str) -> ProcessResourceError:
+        """Rebuilt from str(error), as it arrives from a DataLoader worker."""
+        path, _, what = (
+            message.removeprefix("cannot read ").removesuffix(cls.SUFFIX).rpartition(": ")
+        )
+        return cls(path, what)
+
+
+_RESOURCE_ERRNOS = {
+    errno.EMFILE: "this process is out of file descriptors (Too many open files, limit {limit})",
+    errno.ENFILE: "the machine is out of file descriptors (Too many open files in system)",
+    errno.ENOMEM: "out of memory",
+    errno.ENOBUFS: "out of buffer space",
+}
+
+
+def resource_error(path: Path | str, exc: BaseException) -> ProcessResourceError | None:
+    """The ProcessResourceError `exc` stands for, or None when it may be the file's fault."""
+    if isinstance(exc, MemoryError):
+        return ProcessResourceError(path, "out of memory")
+    if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return ProcessResourceError(path, _RESOURCE_ERRNOS[exc.errno].format(limit=limit))
+    return None
+
+
 def read_rgb(path: Path | str) -> np.ndarray:
     """Decode an image fully into uint8 HxWx3 RGB.
 
@@ -44,8 +87,8 @@ def read_rgb(path: Path | str) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             return _as_rgb8(img, path)
-    except _DECODE_ERRORS as exc:
-        raise DatasetError(path, f"unreadable image: {_reason(exc)}") from None
+    except (*_DECODE_ERRORS, MemoryError) as exc:
+        raise resource_error(path, exc) or _decode_error(path, exc) from None
 
 
 def read_size(path: Path | str) -> tuple[int, int]:
@@ -57,7 +100,7 @@ def read_size(path: Path | str) -> tuple[int, int]:
         with open(path, "rb") as f:
             head = f.read(33)
     except OSError as exc:
-        raise DatasetError(path, f"unreadable image: {_reason(exc)}") from None
+        raise resource_error(path, exc) or _decode_error(path, exc) from None
     if head.startswith(_PNG_SIGNATURE):
         if len(head) < 33 or head[12:16] != b"IHDR":
             raise DatasetError(path, "unreadable image: PNG header is damaged")
@@ -68,8 +111,8 @@ def read_size(path: Path | str) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except _DECODE_ERRORS as exc:
-        raise DatasetError(path, f"unreadable image: {_reason(exc)}") from None
+    except (*_DECODE_ERRORS, MemoryError) as exc:
+        raise resource_error(path, exc) or _decode_error(path, exc) from None
 
 
 def write_png(path: Path | str, array: np.ndarray, compress_level: int = 6) -> None:
@@ -106,6 +149,10 @@ def _as_rgb8(img: Image.Image, path: Path | str) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.array(img, dtype=np.uint8)  # a writable copy
+
+
+def _decode_error(path: Path | str, exc: BaseException) -> DatasetError:
+    return DatasetError(path, f"unreadable image: {_reason(exc)}")
 
 
 def _reason(exc: BaseException) -> str:

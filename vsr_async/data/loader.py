@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from config import Config
 from vsr_async.data.frames import FrameTrainDataset, FrameValDataset
+from vsr_async.data.images import ProcessResourceError
 from vsr_async.data.info import Clip, DatasetInfo, PatchPair
 from vsr_async.data.patches import PatchTrainDataset, PatchValDataset
 from vsr_async.data.sampler import ResumableSampler
@@ -81,24 +82,28 @@ class TrainLoader(DataLoader):
                     self.skipped_counts[path] += 1
                 yield batch
         except RuntimeError as exc:
-            error = _dataset_error_from_worker(exc)
+            error = _error_from_worker(exc)
             if error is None:
                 raise
             raise error from None
 
 
-def _dataset_error_from_worker(exc: RuntimeError) -> DatasetError | None:
-    """The DatasetError a worker raised, rebuilt from torch's re-raise.
+def _error_from_worker(exc: RuntimeError) -> DatasetError | ProcessResourceError | None:
+    """The DatasetError or ProcessResourceError a worker raised, rebuilt from torch's re-raise.
 
     torch re-raises a worker's exception by calling its class with the traceback text, which
-    DatasetError(path, message) cannot take, so it arrives as a RuntimeError; the user should
-    read the one-line DatasetError instead (the same text: "dataset <path>: <message>").
+    these (path, message) classes cannot take, so it arrives as a RuntimeError; the user should
+    read the one-line error instead (the same text: "dataset <path>: <message>", or "cannot
+    read <path>: this process is out of file descriptors ...").
     """
-    prefix = f"{DatasetError.__module__}.{DatasetError.__qualname__}: dataset "
-    lines = [line for line in str(exc).splitlines() if line.startswith(prefix)]
+    dataset = f"{DatasetError.__module__}.{DatasetError.__qualname__}: dataset "
+    resource = f"{ProcessResourceError.__module__}.{ProcessResourceError.__qualname__}: "
+    lines = [line for line in str(exc).splitlines() if line.startswith((dataset, resource))]
     if not lines:
         return None
-    path, _, message = lines[-1].removeprefix(prefix).partition(": ")
+    if lines[-1].startswith(resource):
+        return ProcessResourceError.from_message(lines[-1].removeprefix(resource))
+    path, _, message = lines[-1].removeprefix(dataset).partition(": ")
     return DatasetError(path, message)
 
 

@@ -3,21 +3,26 @@
 The scan checked headers only, so a file can still fail to decode (truncated, or changed on disk
 since). The replacement is chosen from the sample seed, so it is the same whatever the worker
 count; after MAX_TRIES failures in a row the data is gone, not damaged, and that is an error.
+A process out of file descriptors or memory (`ProcessResourceError`) is not a broken file: the
+same sample is read again once the resource is back, so batches stay the same.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vsr_async.data.images import read_rgb
+from vsr_async.data.images import ProcessResourceError, read_rgb
 from vsr_async.data.sampler import SampleKey
 from vsr_async.errors import DatasetError
 
 MAX_TRIES = 8
+RESOURCE_WAIT_S = 10.0  # how long one sample waits for descriptors or memory before the run stops
+RESOURCE_PAUSE_S = (0.05, 1.0)  # first and longest pause between reads while waiting
 
 TrainSample = tuple[torch.Tensor, torch.Tensor, list[str]]
 """(lr [T, 3, h, w], gt [3, H, W], paths of files skipped to make this sample)."""
@@ -55,7 +60,7 @@ class SkippingDataset(Dataset[TrainSample]):
         skipped: list[str] = []
         for attempt in range(MAX_TRIES):
             try:
-                lr, gt = self.load(index, np.random.default_rng([sample_seed, attempt]))
+                lr, gt = self._load_when_possible(index, [sample_seed, attempt])
                 return lr, gt, skipped
             except DatasetError as exc:
                 skipped.append(str(exc.path))
@@ -66,3 +71,17 @@ class SkippingDataset(Dataset[TrainSample]):
             f"{MAX_TRIES} training samples in a row could not be read (last: {last}); "
             "is the dataset still there?",
         )
+
+    def _load_when_possible(self, index: int, seed: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`load`, read again while the process is out of descriptors or memory (up to
+        RESOURCE_WAIT_S); each read starts from the same seed, so the sample does not change."""
+        waited_s, pause_s = 0.0, RESOURCE_PAUSE_S[0]
+        while True:
+            try:
+                return self.load(index, np.random.default_rng(seed))
+            except ProcessResourceError:
+                if waited_s >= RESOURCE_WAIT_S:
+                    raise
+            time.sleep(pause_s)  # a loader thread or worker process, never the event loop
+            waited_s += pause_s
+            pause_s = min(2 * pause_s, RESOURCE_PAUSE_S[1])
