@@ -12,7 +12,7 @@ from web.schemas import (
     COMMAND_ACCEPTED,
     LOSS_POINT,
     QUALITY_POINT,
-    SNAPSHOT_FIELDS,
+    SNAPSHOT_SCHEMA,
     STATISTICS_LIST,
     STRIPS,
     VALIDATION_REQUEST,
@@ -348,11 +348,7 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
                     "required": ["error"],
                     "properties": {"error": {"type": "string"}},
                 },
-                "Snapshot": {
-                    "type": "object",
-                    "required": sorted(SNAPSHOT_FIELDS),
-                    "properties": SNAPSHOT_FIELDS,
-                },
+                "Snapshot": SNAPSHOT_SCHEMA,
                 "CommandAccepted": COMMAND_ACCEPTED,
                 **REQUEST_SCHEMAS,
             }

@@ -1,135 +1,67 @@
 """JSON Schemas of the API's bodies, for the OpenAPI document (`openapi.py`).
 
-The snapshot schema lists every contract key (DESIGN §3) with its JSON type, so a fuzzing run
-checks the answers against the contract, not just against "some object".
+The snapshot schema is derived from the snapshot's one definition (`vsr_async/runtime/snapshot.py`):
+every contract key (DESIGN §3) with its JSON type, bounds and meaning, so a fuzzing run checks the
+answers against the contract, not just against "some object".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
+from types import NoneType
 from typing import Any
 
 from config import Config, live_keys
+from vsr_async.runtime.snapshot import FIELDS, Field, fields_of
 
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}
 NULLABLE_STRING = {"type": ["string", "null"]}
-NULLABLE_BOOL = {"type": ["boolean", "null"]}
 
-SNAPSHOT_FIELDS: dict[str, dict[str, Any]] = {
-    "schema_version": {"type": "integer"},
-    "run_id": {"type": "string"},
-    **{
-        k: {"type": "integer", "minimum": 0}
-        for k in (
-            "step_current",
-            "step_max",
-            "epoch_num",
-            "epoch_step_current",
-            "epoch_step_total",
-            "validation_count",
-            "nonfinite_steps_skipped",
-            "corrupt_files_skipped",
-        )
-    },
-    **{
-        k: NULLABLE_NUMBER
-        for k in (
-            "learning_rate_value",
-            "total_loss_value",
-            "l1_loss_value",
-            "ms_loss_value",
-            "gradient_loss_value",
-            "perceptual_loss_value",
-            "l1_weight_current",
-            "ms_weight_current",
-            "gradient_weight_current",
-            "perceptual_weight_current",
-            "gradient_clip_val",
-            "grad_norm_value",
-            "adaptive_perceptual_trend",
-            "quality_lr_value",
-            "quality_ki_value",
-            "quality_improvement_value",
-            "quality_ki_to_gt_value",
-            "quality_lr_to_gt_value",
-            "validation_loss_value",
-            "best_quality_ever",
-            "iteration_duration",
-            "vram_usage_gb",
-            "vram_reserved_gb",
-            "host_memory_gb",
-            "adam_momentum_avg",
-            "psnr_lr_db",
-            "psnr_ki_db",
-            "psnr_gain_db",
-            "ssim_lr",
-            "ssim_ki",
-            "validation_duration_s",
-        )
-    },
-    **{
-        k: NULLABLE_INT
-        for k in (
-            "adaptive_cooldown_remaining",
-            "adaptive_plateau_counter",
-            "best_quality_step",
-            "validation_step",
-        )
-    },
-    **{
-        k: NULLABLE_STRING
-        for k in (
-            "lr_phase_name",
-            "adaptive_mode",
-            "eta_total_formatted",
-            "eta_epoch_formatted",
-            "stop_reason",
-            "validation_trigger",
-            "validated_at",
-            "statistics_file",
-            "last_statistics_written",
-            "last_statistics_error",
-            "last_checkpoint",
-        )
-    },
-    **{
-        k: NULLABLE_BOOL
-        for k in ("adaptive_is_cooldown", "adaptive_lr_boost_available", "validation_used_ema")
-    },
-    **{
-        k: {"type": "boolean"}
-        for k in ("training_active", "validation_running", "training_paused", "training_stopped")
-    },
-    "validation_progress": {"type": "number", "minimum": 0, "maximum": 1},
-    "run_phase": {
-        "type": "string",
-        "enum": ["starting", "running", "paused", "validating", "stopping", "stopped"],
-    },
-    "last_update_time": {"type": "string"},
-    "layer_activity_map": {"type": "object", "additionalProperties": NULLABLE_NUMBER},
-    "corrupt_files": {"type": "array", "items": {"type": "string"}},
-    "pending_commands": {"type": "array", "items": {"type": "string"}},
-    "validation_images": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string"},
-                "psnr_lr_db": NULLABLE_NUMBER,
-                "psnr_ki_db": NULLABLE_NUMBER,
-                "ssim_lr": NULLABLE_NUMBER,
-                "ssim_ki": NULLABLE_NUMBER,
-                "quality_lr": NULLABLE_NUMBER,
-                "quality_ki": NULLABLE_NUMBER,
-            },
-        },
-    },
-    "runtime": {"type": "object"},
-    "config_live": {"type": "object"},
-}
+JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", NoneType: "null"}
+
+
+def json_schema(annotation: Any) -> dict[str, Any]:
+    """The JSON Schema of one of the snapshot definition's Python types."""
+    if annotation in JSON_TYPES:
+        return {"type": JSON_TYPES[annotation]}
+    if typing.is_typeddict(annotation):
+        return object_schema(fields_of(annotation))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is types.UnionType:  # `X | None` only: a nullable scalar
+        return {"type": [json_schema(arg)["type"] for arg in args]}
+    if origin is list:
+        return {"type": "array", "items": json_schema(args[0])}
+    if origin is dict and args[1] is Any:
+        return {"type": "object"}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": json_schema(args[1])}
+    raise TypeError(f"no JSON Schema for {annotation!r}")
+
+
+def property_schema(field: Field) -> dict[str, Any]:
+    key = field.key
+    schema = {**json_schema(field.type), "description": key.doc}
+    if key.minimum is not None:
+        schema["minimum"] = key.minimum
+    if key.maximum is not None:
+        schema["maximum"] = key.maximum
+    if key.enum is not None:
+        schema["enum"] = list(key.enum)
+    return schema
+
+
+def object_schema(fields: tuple[Field, ...]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": sorted(f.name for f in fields),
+        "properties": {f.name: property_schema(f) for f in fields},
+    }
+
+
+SNAPSHOT_SCHEMA = object_schema(FIELDS)
 
 LOSS_POINT = {
     "type": "object",

@@ -1,6 +1,6 @@
 """StatsStore: the single source of truth for what the panel, dashboard, download and Statistik
 files show. Written only from the event-loop thread; `snapshot()` is the one place where internal
-names become the contract's JSON keys (DESIGN §3).
+names become the contract's JSON keys (DESIGN §3), filling the one definition in `snapshot.py`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from vsr_async.files.statistics import statistics_name
 from vsr_async.names import display_name
 from vsr_async.records import StepResult, StepStats, ValidationResult
+from vsr_async.runtime.snapshot import SCHEMA_VERSION, Snapshot, image_entry
 
-SCHEMA_VERSION = 1
 HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
 
 
@@ -283,13 +283,13 @@ class StatsStore:
         epoch = max(p.epoch_steps_total - p.epoch_step, 0) * sps if p.epoch_steps_total else None
         return total, epoch
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """A JSON-ready deep copy of everything, in the contract's key names (DESIGN §3)."""
         p, s, v = self.progress, self.stats, self.validation
         r = v.result
         eta_total, eta_epoch = self.eta_seconds()
         adaptive = s.adaptive if s is not None else None
-        snap: dict[str, Any] = {
+        snap: Snapshot = {
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_id,
             # progress
@@ -361,7 +361,7 @@ class StatsStore:
             "psnr_gain_db": r.psnr_gain_db if r else None,
             "ssim_lr": r.ssim_lr if r else None,
             "ssim_ki": r.ssim_ki if r else None,
-            "validation_images": [m.to_dict() for m in r.images] if r else [],
+            "validation_images": [image_entry(m) for m in r.images] if r else [],
             "validation_duration_s": r.duration_s if r else None,
             "validation_used_ema": r.used_ema if r else None,
             # files
@@ -372,7 +372,7 @@ class StatsStore:
             "runtime": dict(self.extra),
             "config_live": dict(self.config_live),
         }
-        return finite_or_none(snap)
+        return cast(Snapshot, finite_or_none(snap))
 
     def history(self) -> dict[str, Any]:
         return finite_or_none(

@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from vsr_async.runtime.snapshot import Snapshot
 from vsr_async.terminal.frame import ActivityView, DashboardFrame, fmt_percent, fmt_steps
 from vsr_async.terminal.tty import LEAVE_FULL_SCREEN, FrameWriter, is_terminal
 
@@ -107,7 +108,7 @@ class Dashboard:
             return None
         return text, style
 
-    def panel_url(self, snapshot: dict[str, Any]) -> str:
+    def panel_url(self, snapshot: Snapshot) -> str:
         if self.panel_link is not None and (link := self.panel_link()):
             return link  # may carry a generated token: this terminal is where it is shown
         runtime = snapshot.get("runtime") or {}
@@ -120,7 +121,7 @@ class Dashboard:
 
     # --- drawing -------------------------------------------------------------------------------
 
-    def render(self, snapshot: dict[str, Any]) -> DashboardFrame:
+    def render(self, snapshot: Snapshot) -> DashboardFrame:
         return DashboardFrame(self, snapshot)
 
     def draw(self) -> None:
@@ -220,7 +221,7 @@ class Dashboard:
             with contextlib.suppress(OSError):  # the terminal may be gone (hang-up)
                 print(self.summary(self.store.snapshot()), file=sys.stdout, flush=True)
 
-    def summary(self, s: dict[str, Any]) -> str:
+    def summary(self, s: Snapshot) -> str:
         """One line left on the normal screen when the dashboard closes."""
         parts = [f"vsr_async: step {fmt_steps(s['step_current'])}/{fmt_steps(s['step_max'])}"]
         if s["validation_step"] is not None:

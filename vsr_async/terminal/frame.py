@@ -1,6 +1,6 @@
 """One dashboard frame: the snapshot laid out for a terminal (80 columns and up), and the
-formatting of its values. Everything shown comes from the snapshot dict; a value that does not
-exist yet is "–", never a made-up constant.
+formatting of its values. Everything shown comes from the snapshot (a `Snapshot`, so every key read
+here is one a type checker knows); a value that does not exist yet is "–", never a made-up constant.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any, Protocol
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.text import Text
+
+from vsr_async.runtime.snapshot import Snapshot
 
 MISSING = "–"  # a value that does not exist yet; never a made-up constant
 
@@ -49,6 +51,10 @@ def fmt_loss(value: float | None) -> str:
     if value is None:
         return MISSING
     return f"{value:.5f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
+
+
+def fmt_weight(value: float | None) -> str:
+    return MISSING if value is None else f"×{value:.3g}"
 
 
 def fmt_flag(value: bool | None, yes: str = "yes", no: str = "no") -> str:
@@ -98,7 +104,7 @@ class FrameOwner(Protocol):
     keyboard_active: bool
     keyboard_note: str
 
-    def panel_url(self, snapshot: dict[str, Any]) -> str: ...
+    def panel_url(self, snapshot: Snapshot) -> str: ...
 
     def current_message(self) -> tuple[str, str] | None: ...
 
@@ -106,7 +112,7 @@ class FrameOwner(Protocol):
 class DashboardFrame:
     """A rich renderable; sections are dropped (least important first) to fit the height."""
 
-    def __init__(self, dashboard: FrameOwner, snapshot: dict[str, Any]) -> None:
+    def __init__(self, dashboard: FrameOwner, snapshot: Snapshot) -> None:
         self.d = dashboard
         self.s = snapshot
 
@@ -208,19 +214,17 @@ class DashboardFrame:
 
     def losses(self) -> list[Text]:
         s = self.s
-        columns = (
-            ("total", "total_loss_value", None),
-            ("L1", "l1_loss_value", "l1_weight_current"),
-            ("MS", "ms_loss_value", "ms_weight_current"),
-            ("gradient", "gradient_loss_value", "gradient_weight_current"),
-            ("perceptual", "perceptual_loss_value", "perceptual_weight_current"),
+        columns = (  # name, loss, weight ("" for the total, which has none)
+            ("total", s["total_loss_value"], ""),
+            ("L1", s["l1_loss_value"], fmt_weight(s["l1_weight_current"])),
+            ("MS", s["ms_loss_value"], fmt_weight(s["ms_weight_current"])),
+            ("gradient", s["gradient_loss_value"], fmt_weight(s["gradient_weight_current"])),
+            ("perceptual", s["perceptual_loss_value"], fmt_weight(s["perceptual_weight_current"])),
         )
         names, values, weights = _line("losses  "), _line("  value "), _line("  weight")
-        for name, loss_key, weight_key in columns:
+        for name, loss, weight in columns:
             names.append(f"{name:>12}", style="dim")
-            values.append_text(_line(_value(f"{fmt_loss(s[loss_key]):>12}")))
-            weight = "" if weight_key is None else fmt(s[weight_key], ".3g")
-            weight = weight if weight in ("", MISSING) else f"×{weight}"
+            values.append_text(_line(_value(f"{fmt_loss(loss):>12}")))
             weights.append_text(_line(_value(f"{weight:>12}", "")))
         return [names, values, weights]
 
@@ -288,7 +292,7 @@ class DashboardFrame:
 
     def layers(self, width: int, rows: int) -> list[Text]:
         """Title plus `rows - 1` lines of bars; the last line says how many did not fit."""
-        activity: dict[str, float] = self.s["layer_activity_map"]
+        activity = self.s["layer_activity_map"]
         if not activity:
             return [_line("layer activity ", _value(MISSING))]
         view = self.d.view
@@ -321,8 +325,8 @@ class DashboardFrame:
 
     @staticmethod
     def _activity_columns(
-        activity: dict[str, float], view: ActivityView, ncols: int
-    ) -> list[list[tuple[str, float]]]:
+        activity: dict[str, float | None], view: ActivityView, ncols: int
+    ) -> list[list[tuple[str, float | None]]]:
         """Full columns (the caller cuts them to the rows it has)."""
         items = list(activity.items())
         if view is ActivityView.BY_ACTIVITY:
