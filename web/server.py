@@ -18,6 +18,7 @@ from aiohttp import web
 
 from vsr_async.errors import PortInUseError
 from vsr_async.files.logs import RunLogging
+from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.supervisor import Supervisor
 from web.app import create_app
 from web.keys import EVENTS, SECURITY
@@ -41,7 +42,7 @@ def url_host(host: str) -> str:
     return host
 
 
-class WebPanel:
+class WebPanel(RunHook):
     """`start()` binds and serves; `stop()` ends the event streams and closes the server."""
 
     def __init__(

@@ -332,8 +332,8 @@ def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLog
         tensorboard=tensorboard,
         checkpointer=checkpointer,
     )
-    supervisor.config_listeners.append(LiveConfigRecorder(run_dir, tensorboard))
-    supervisor.validation_listeners.append(checkpointer.on_validation)
+    supervisor.add_hook(LiveConfigRecorder(run_dir, tensorboard))
+    supervisor.add_hook(checkpointer)  # a new best quality is saved as best.pt
     log.info("run directory %s", run_dir)
     return Run(config, run_dir, store, supervisor, run_logging, folder.lock)
 
