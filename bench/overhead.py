@@ -89,6 +89,7 @@ async def measure(args: argparse.Namespace) -> dict:
     config = run.config
     await run.supervisor.pause()
     worker = run.supervisor.worker
+    device = str(await worker.run_on_engine(lambda engine: engine.device))
 
     await worker.run_on_engine(lambda engine: bare_loop(engine, args.warmup))  # warm caches
     await supervised_run(run, args.warmup)
@@ -146,7 +147,7 @@ async def measure(args: argparse.Namespace) -> dict:
         "supervised_steps_per_s": median(supervised),
         "steps_per_trial": args.steps,
         "trials": args.trials,
-        "device": str(await worker.run_on_engine(lambda engine: engine.device)),
+        "device": device,
         "torch_threads": torch.get_num_threads(),
         "num_workers": config.NUM_WORKERS,
         "machine": machine(),
