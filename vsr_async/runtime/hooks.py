@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 from vsr_async.records import ValidationResult
@@ -59,7 +59,7 @@ class RunHooks:
     def add(self, hook: RunHook) -> None:
         self._hooks.append(hook)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[RunHook]:
         return iter(list(self._hooks))
 
     async def start(self) -> None:

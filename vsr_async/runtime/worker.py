@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 
 class GpuWorker:
+    """The GPU thread and the engine on it: named async methods, one executor call each."""
+
     def __init__(self, engine_factory: Callable[[], TrainingEngine]) -> None:
         self._factory = engine_factory
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
