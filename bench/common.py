@@ -60,7 +60,7 @@ async def start_bench_run(
     config = bench_config(temp_run_dir(name), **overrides)
     run = build_run(config, await scan_async(config), resume="never", console_log=False)
     panel = WebPanel(run.supervisor, config, run.logging)
-    run.supervisor.add_service(panel)
+    run.supervisor.add_hook(panel)
     execution = asyncio.create_task(run.execute())
     await run.supervisor.started.wait()
     return run, panel, execution

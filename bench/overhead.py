@@ -64,7 +64,7 @@ def bare_loop(engine, steps: int) -> float:
 async def supervised_run(run, steps: int) -> float:
     """Resume the supervisor for `steps` steps (timed from the first to the last step done)."""
     store, supervisor = run.store, run.supervisor
-    first = supervisor.worker.engine.step + 1  # the bare loop advanced the engine, not the store
+    first = supervisor.worker.step + 1  # the bare loop advanced the engine, not the store
     supervisor.resume()
     version = store.version
     while store.progress.step < first:
@@ -88,18 +88,22 @@ async def measure(args: argparse.Namespace) -> dict:
     )
     config = run.config
     await run.supervisor.pause()
-    worker, engine = run.supervisor.worker, run.supervisor.worker.engine
+    worker = run.supervisor.worker
+    device = str(await worker.run_on_engine(lambda engine: engine.device))
 
-    await worker.call(bare_loop, engine, args.warmup)  # warm caches, allocator, loader
+    await worker.run_on_engine(lambda engine: bare_loop(engine, args.warmup))  # warm caches
     await supervised_run(run, args.warmup)
-    clock = StepClock(engine)
+    clock = await worker.run_on_engine(StepClock)
     bare, supervised, bare_steps, sup_steps, sup_gaps = [], [], [], [], []
     for trial in range(args.trials):
         order = ("bare", "supervised") if trial % 2 == 0 else ("supervised", "bare")
         for kind in order:
             clock.take()
             if kind == "bare":
-                bare.append(args.steps / await worker.call(bare_loop, engine, args.steps))
+                bare.append(
+                    args.steps
+                    / await worker.run_on_engine(lambda engine: bare_loop(engine, args.steps))
+                )
                 bare_steps += clock.take()[0]
             else:
                 supervised.append(args.steps / await supervised_run(run, args.steps))
@@ -143,7 +147,7 @@ async def measure(args: argparse.Namespace) -> dict:
         "supervised_steps_per_s": median(supervised),
         "steps_per_trial": args.steps,
         "trials": args.trials,
-        "device": str(engine.device),
+        "device": device,
         "torch_threads": torch.get_num_threads(),
         "num_workers": config.NUM_WORKERS,
         "machine": machine(),

@@ -4,6 +4,7 @@ after an out-of-memory step, splitting a step's samples, and the plan in the sna
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -291,7 +292,9 @@ async def test_auto_on_the_cpu_is_one_micro_batch_and_the_plan_is_in_the_snapsho
         'BATCH_SIZE="auto" on the CPU: no device-memory limit to fit, so one micro-batch of '
         "EFFECTIVE_BATCH=4"
     )
-    assert run.supervisor.worker.engine.samples_consumed == 4 * run.store.progress.step
+    await asyncio.wait_for(run.supervisor.pause(), 60)  # no step between the two reads
+    consumed = await run.supervisor.worker.run_on_engine(lambda engine: engine.samples_consumed)
+    assert consumed == 4 * run.store.progress.step
     run.supervisor.stop("test")
     await wait_until(lambda: run.supervisor.finished.is_set(), run.store, timeout=60)
     assert (

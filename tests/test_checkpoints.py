@@ -152,7 +152,7 @@ async def test_saves_wait_while_writes_pile_up(
         third = asyncio.ensure_future(writer.save("c"))
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(asyncio.shield(third), 0.3)
-        assert worker.engine.step == 2  # no third copy while two writes are pending
+        assert worker.step == 2  # no third copy while two writes are pending
         disk.set()
         written.append(await asyncio.wait_for(third, 60))
         assert await asyncio.wait_for(asyncio.gather(*written), 60) == [
@@ -195,15 +195,14 @@ async def test_best_survives_a_restart_and_a_worse_validation(start_run) -> None
     again = await start_run(VAL_STEP_EVERY=1_000_000, MAX_STEPS=1_000_000)
     assert again.store.snapshot()["best_quality_ever"] == best_quality
     await asyncio.wait_for(again.supervisor.pause(), 60)
-    engine = again.supervisor.worker.engine
 
-    def spoil() -> None:  # fault injection: weights that cannot beat the best
+    def spoil(engine: Any) -> None:  # fault injection: weights that cannot beat the best
         torch.manual_seed(1)
         with torch.no_grad():
             for p in engine.model.parameters():
                 p.add_(torch.randn_like(p))
 
-    await again.supervisor.worker.call(spoil)
+    await again.supervisor.worker.run_on_engine(spoil)
     request = await again.supervisor.request_validation(Trigger.WEB)
     report = await asyncio.wait_for(request.result, 60)
     assert report.metrics["quality_ki_value"] < best_quality

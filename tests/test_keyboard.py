@@ -24,6 +24,7 @@ import pexpect
 import pytest
 from helpers import REPO, TINY_SETTINGS, run_cli, wait_until, write_toml
 
+from vsr_async.runtime.hooks import RunHooks
 from vsr_async.terminal.keyboard import STOP_PROMPT, KeyboardReader, keys_in
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[@-Z\\-_]")
@@ -243,12 +244,12 @@ async def test_reader_on_a_pty_queues_keys_at_once_and_restores_the_mode(
 ) -> None:
     run = await start_run(KEYBOARD_ENABLED=True)
     store, supervisor = run.store, run.supervisor
-    hard_exit_hooks: list[Callable[[], None]] = []  # what a second Ctrl+C runs before exiting
-    monkeypatch.setattr(supervisor, "on_hard_exit", hard_exit_hooks.append)
+    hooks = RunHooks()  # what a second Ctrl+C runs before exiting, as the supervisor's
     master, slave = pty.openpty()
     stdin = open(slave, encoding="utf-8", closefd=False)  # noqa: SIM115 (closed below)
     reader = KeyboardReader(supervisor, stdin=stdin)
     again = KeyboardReader(supervisor, stdin=stdin)
+    hooks.add(again)
     try:
         before = termios.tcgetattr(slave)
         await reader.start()
@@ -280,8 +281,7 @@ async def test_reader_on_a_pty_queues_keys_at_once_and_restores_the_mode(
 
         await again.start()  # the second-Ctrl+C path: the supervisor runs the hooks, exits
         assert termios.tcgetattr(slave) != before
-        for hook in hard_exit_hooks:
-            hook()
+        hooks.hard_exit()
         assert termios.tcgetattr(slave) == before
     finally:
         reader.close()

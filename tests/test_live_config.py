@@ -33,11 +33,12 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from helpers import TINY_SETTINGS
+from helpers import TINY_SETTINGS, wait_until
 from web_helpers import LiveRun, next_event, read_events, running_panel, web_config
 
 from config import build_config
 from vsr_async.errors import ConfigError
+from vsr_async.runtime import hooks, live_config
 from vsr_async.runtime.live_config import (
     LiveConfigConflict,
     StartOnlyKeyError,
@@ -162,15 +163,18 @@ async def test_concurrent_conflicting_changes_one_accepted_one_409(live, http) -
 
 @in_module_loop
 async def test_a_change_that_fails_when_applied_is_logged_and_its_request_fails(live, http) -> None:
-    engine = live.supervisor.worker.engine
+    worker = live.supervisor.worker
     refused_lr = 2e-3
 
-    def apply_or_refuse(config: Any, apply=engine.apply_config) -> None:
-        apply(config)  # part of it is in the engine when it fails: the supervisor must undo it
-        if refused_lr == config.MAX_LR:
-            raise RuntimeError("the engine refuses this learning rate")
+    def refuse_on(engine: Any) -> None:
+        def apply_or_refuse(config: Any, apply=engine.apply_config) -> None:
+            apply(config)  # part of it is in the engine when it fails: the supervisor must undo
+            if refused_lr == config.MAX_LR:
+                raise RuntimeError("the engine refuses this learning rate")
 
-    engine.apply_config = apply_or_refuse  # on the GPU thread, as the real one
+        engine.apply_config = apply_or_refuse  # on the GPU thread, as the real one
+
+    await worker.run_on_engine(refuse_on)
     log_path = live.supervisor.run_dir / "training.log"
     try:
         async with (
@@ -190,12 +194,12 @@ async def test_a_change_that_fails_when_applied_is_logged_and_its_request_fails(
             for request_id in ids:
                 await until_finished(live, request_id)
             # The last the engine saw: the refused change (applied in part), then the undo.
-            engine_lr = await live.supervisor.worker.call(lambda: engine.config.MAX_LR)
+            engine_lr = await worker.run_on_engine(lambda engine: engine.config.MAX_LR)
             event = await next_event(events, "command")
             while event.get("request_id") != ids[0]:
                 event = await next_event(events, "command")
     finally:
-        del engine.apply_config  # the engine's own method again
+        await worker.run_on_engine(lambda engine: delattr(engine, "apply_config"))  # its own
 
     failed = await request_json(http, live, ids[0])
     assert failed["status"] == "failed" and failed["applied"] is None, failed
@@ -217,7 +221,8 @@ async def test_a_change_that_fails_when_applied_is_logged_and_its_request_fails(
 
     # The previous values stay in force, in the engine too (the partial apply was undone).
     assert live.supervisor.config.MAX_LR == BASE_LR["MAX_LR"] == engine_lr
-    assert live.supervisor.config.MIN_LR == BASE_LR["MIN_LR"] == engine.config.MIN_LR
+    engine_min_lr = await worker.run_on_engine(lambda engine: engine.config.MIN_LR)
+    assert live.supervisor.config.MIN_LR == BASE_LR["MIN_LR"] == engine_min_lr
     await live.wait_until(lambda: saved(live.supervisor.run_dir).get("WEIGHT_DECAY") == 0.02)
     on_disk = saved(live.supervisor.run_dir)
     assert on_disk["MAX_LR"] == BASE_LR["MAX_LR"] and on_disk["MIN_LR"] == BASE_LR["MIN_LR"]
@@ -260,6 +265,29 @@ async def test_a_change_left_queued_when_the_run_ends_reads_failed(
     log_text = (run.supervisor.run_dir / "training.log").read_text(encoding="utf-8")
     (line,) = [ln for ln in log_text.splitlines() if body["request_id"] in ln and "not" in ln]
     assert "L1_WEIGHT=0.5" in line and "WARNING" in line, line
+
+
+async def test_a_change_made_just_before_a_stop_is_in_runtime_config_after_exit(
+    start_run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """supervisor.apply_config, then stop at once: the change applies at the boundary, and
+    runtime_config.json holds it when the run has ended, even when its write (a slow disk)
+    outlasts the shutdown's wait for background tasks: the recorder's `stop` waits for it."""
+    real_write = live_config.write_atomic_async
+
+    async def slow_write(path: Path, data: bytes) -> None:  # fault injection: a slow disk
+        await asyncio.sleep(1.0)
+        await real_write(path, data)
+
+    monkeypatch.setattr(live_config, "write_atomic_async", slow_write)
+    monkeypatch.setattr(hooks, "DRAIN_TIMEOUT_S", 0.01)
+    run = await start_run(MAX_STEPS=1_000_000, VAL_STEP_EVERY=1_000_000)
+    await wait_until(lambda: run.store.progress.step >= 1, run.store, timeout=60)
+    request = run.supervisor.apply_config({"L1_WEIGHT": 0.5})
+    run.supervisor.stop("test: stop right after a change")
+    await wait_until(lambda: run.supervisor.finished.is_set(), run.store, timeout=120)
+    assert request.to_dict()["status"] == "done"
+    assert saved(run.run_dir)["L1_WEIGHT"] == 0.5
 
 
 # --- the request-time check on its own ------------------------------------------------------

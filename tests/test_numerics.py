@@ -92,11 +92,13 @@ def test_accumulation_gives_the_gradient_of_one_big_batch(make_config) -> None:
 
 async def test_bf16_autocast_trains_and_validates_on_the_cpu(start_run) -> None:
     run = await start_run(AMP="bf16", DEVICE="cpu", VAL_STEP_EVERY=4, LOG_TBOARD_EVERY=2)
-    engine = run.supervisor.worker.engine
-    assert engine.precision.mode == "bf16" and engine.precision.autocast_dtype is torch.bfloat16
+    mode, dtype = await run.supervisor.worker.run_on_engine(
+        lambda engine: (engine.precision.mode, engine.precision.autocast_dtype)
+    )
+    assert mode == "bf16" and dtype is torch.bfloat16
     await wait_until(lambda: run.store.validation.count >= 2, run.store, timeout=120)
 
-    def conv_dtypes() -> set[torch.dtype]:
+    def conv_dtypes(engine: TrainingEngine) -> set[torch.dtype]:
         """Output dtypes of the convolutions in one autocast forward (where the time goes)."""
         seen: set[torch.dtype] = set()
         convs = [m for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -109,12 +111,14 @@ async def test_bf16_autocast_trains_and_validates_on_the_cpu(start_run) -> None:
                 hook.remove()
         return seen
 
-    assert await run.supervisor.worker.call(conv_dtypes) == {torch.bfloat16}
+    assert await run.supervisor.worker.run_on_engine(conv_dtypes) == {torch.bfloat16}
     snapshot = run.store.snapshot()
     assert snapshot["total_loss_value"] is not None and snapshot["total_loss_value"] > 0
     assert snapshot["psnr_ki_db"] is not None and snapshot["psnr_ki_db"] > 10
     assert snapshot["nonfinite_steps_skipped"] == 0
-    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    assert await run.supervisor.worker.run_on_engine(
+        lambda engine: all(torch.isfinite(p).all() for p in engine.model.parameters())
+    )
 
 
 # --- EMA ---------------------------------------------------------------------------------------
@@ -127,9 +131,8 @@ async def test_validation_uses_the_ema_weights(start_run) -> None:
     request = await run.supervisor.request_validation(Trigger.WEB)
     report = await asyncio.wait_for(request.result, 60)
     assert run.store.snapshot()["validation_used_ema"] is True
-    engine = run.supervisor.worker.engine
 
-    def validate_both() -> tuple[float, float]:
+    def validate_both(engine: TrainingEngine) -> tuple[float, float]:
         kw = dict(
             device=engine.device, scale=3, num_frames=3, autocast=engine.autocast, used_ema=True
         )
@@ -137,7 +140,7 @@ async def test_validation_uses_the_ema_weights(start_run) -> None:
         live = run_validation(engine.model, engine.val_set, **kw)
         return ema.psnr_ki_db, live.psnr_ki_db
 
-    ema_psnr, live_psnr = await run.supervisor.worker.call(validate_both)
+    ema_psnr, live_psnr = await run.supervisor.worker.run_on_engine(validate_both)
     assert report.metrics["psnr_ki_db"] == ema_psnr
     assert live_psnr != ema_psnr
 
@@ -183,8 +186,8 @@ async def poisoned_run(
 ) -> tuple[Run, Recorder, asyncio.Task[int]]:
     config = make_config(**overrides)
     run = build_run(config, await scan_async(config), console_log=False)
-    engine = await run.supervisor.worker.start()
-    recorder = Recorder(engine, poison)
+    await run.supervisor.worker.start()
+    recorder = await run.supervisor.worker.run_on_engine(lambda engine: Recorder(engine, poison))
     return run, recorder, asyncio.create_task(run.execute())
 
 
@@ -242,7 +245,7 @@ async def test_nan_limit_consecutive_nonfinite_steps_stop_with_the_last_good_sta
     assert state["reason"] == "shutdown"
     last_good = recorder.after[5]["weights"]
     saved = list(state["model"].values())
-    names = [n for n, _ in run.supervisor.worker.engine.model.named_parameters()]
+    names = [n for n, _ in recorder.engine.model.named_parameters()]  # the run has ended
     assert all(torch.isfinite(t).all() for t in saved)
     assert_same([state["model"][n] for n in names], last_good)
     assert run.store.snapshot()["nonfinite_steps_skipped"] == 5

@@ -272,7 +272,7 @@ async def test_burst_of_validate_requests_is_coalesced(live, http) -> None:
     """
     count_before = live.store.validation.count
     gate = threading.Event()
-    busy = asyncio.ensure_future(live.supervisor.worker.call(gate.wait, 60))
+    busy = asyncio.ensure_future(live.supervisor.worker.run_on_engine(lambda _: gate.wait(60)))
     try:
         async with http.post(live.url("/validate")) as response:
             first = await response.json()

@@ -90,7 +90,7 @@ async def running_panel(config: Config) -> AsyncIterator[LiveRun]:
     info = await scan_async(config)
     run = build_run(config, info, console_log=False)
     panel = WebPanel(run.supervisor, config, run.logging)
-    run.supervisor.add_service(panel)
+    run.supervisor.add_hook(panel)
     task = asyncio.create_task(run.execute())
     try:
         started = asyncio.ensure_future(run.supervisor.started.wait())

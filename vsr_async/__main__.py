@@ -208,7 +208,7 @@ async def train(config: Config, args: argparse.Namespace) -> int:
         from web.server import WebPanel
 
         panel = WebPanel(run.supervisor, config, run.logging, sockets=sockets)
-        run.supervisor.add_service(panel)
+        run.supervisor.add_hook(panel)
     from vsr_async.terminal.dashboard import Dashboard
     from vsr_async.terminal.keyboard import KeyboardReader
 
@@ -217,8 +217,8 @@ async def train(config: Config, args: argparse.Namespace) -> int:
     if dashboard is not None:
         if panel is not None:
             dashboard.panel_link = panel.browser_link  # the token, if one was generated
-        run.supervisor.add_service(dashboard)
-    run.supervisor.add_service(keyboard)
+        run.supervisor.add_hook(dashboard)
+    run.supervisor.add_hook(keyboard)
     run.supervisor.install_signal_handlers()
     try:
         return await run.execute()

@@ -20,6 +20,7 @@ from typing import Any
 
 from vsr_async.errors import ConfigError, PortInUseError, VsrError
 from vsr_async.files.logs import RunLogging
+from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.supervisor import Supervisor
 from web.app import create_app
 from web.keys import EVENTS, SECURITY
@@ -60,7 +61,7 @@ async def bind_panel(config: Any) -> list[socket.socket]:
         raise _bind_error(host, port, exc) from None
 
 
-class WebPanel:
+class WebPanel(RunHook):
     """`start()` binds (unless given bound `sockets`) and serves; `stop()` ends the event
     streams and closes the server."""
 

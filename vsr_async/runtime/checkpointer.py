@@ -10,7 +10,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vsr_async.errors import CheckpointError
 from vsr_async.files.atomic import remove_stale_temps
@@ -25,6 +25,7 @@ from vsr_async.files.checkpoints import (
     retention_victims,
     write_checkpoint,
 )
+from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.store import StatsStore, utc_now_iso
 from vsr_async.runtime.worker import GpuWorker
 
@@ -35,7 +36,19 @@ log = logging.getLogger(__name__)
 MAX_WRITES_IN_FLIGHT = 2
 
 
-class CheckpointWriter:
+class Checkpointer(Protocol):
+    """Copies the state (awaited: the GPU thread is busy meanwhile), writes it behind."""
+
+    async def save(self, reason: str) -> asyncio.Future[str]: ...
+
+    async def save_best(self) -> asyncio.Future[str]: ...
+
+    def apply_config(self, config: Any) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class CheckpointWriter(RunHook):
     """The supervisor's checkpointer: copy on the GPU thread, write on the I/O thread, in order."""
 
     def __init__(self, run_dir: Path, worker: GpuWorker, store: StatsStore, config: Any) -> None:
@@ -55,17 +68,17 @@ class CheckpointWriter:
         self._last_save: tuple[tuple[Any, ...], asyncio.Future[str | None]] | None = None
 
     def _state_key(self) -> tuple[Any, ...]:
-        """What a checkpoint's content depends on besides training steps (read between GPU
-        calls, like the supervisor's reads of the engine)."""
+        """What a checkpoint's content depends on besides training steps (the worker's step:
+        as of its last GPU call)."""
         v = self.store.validation
-        return (getattr(self.worker.engine, "step", None), v.count, v.best_quality, self.config)
+        return (self.worker.step, v.count, v.best_quality, self.config)
 
     async def _capture(self, reason: str) -> dict[str, Any]:
         while len(self._writes) >= MAX_WRITES_IN_FLIGHT:
             await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
-        state = await self.worker.call(self.worker.engine.capture_state)
+        state = await self.worker.capture_state()
         if self._resumed is None:
-            self._resumed = getattr(self.worker.engine, "resumed", None)
+            self._resumed = self.worker.resumed
         v = self.store.validation
         state.update(
             run_id=self.store.run_id,
@@ -175,7 +188,7 @@ class CheckpointWriter:
         self.config = config
 
     async def on_validation(self, step: int, result: Any, improved: bool) -> None:
-        """Supervisor validation listener: a new best quality is saved as best.pt."""
+        """Run hook: a new best quality is saved as best.pt."""
         if improved:
             await self.save_best()
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsr_async.errors import CheckpointError, ConfigError
 from vsr_async.files.checkpoints import (
@@ -37,6 +37,9 @@ from vsr_async.runtime.live_config import RUNTIME_CONFIG, LiveConfigRecorder, lo
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.supervisor import Supervisor
 from vsr_async.runtime.worker import GpuWorker
+
+if TYPE_CHECKING:
+    from vsr_async.training.engine import TrainingEngine
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +261,7 @@ def resume_source(config: Any, resume: str) -> Path | None:
     return path
 
 
-def make_engine(config: Any, dataset_info: Any, source: Path | None) -> Any:
+def make_engine(config: Any, dataset_info: Any, source: Path | None) -> TrainingEngine:
     """Build the engine on the GPU thread and, when resuming, load the checkpoint there too."""
     from vsr_async.training.engine import TrainingEngine
 
@@ -332,8 +335,8 @@ def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLog
         tensorboard=tensorboard,
         checkpointer=checkpointer,
     )
-    supervisor.config_listeners.append(LiveConfigRecorder(run_dir, tensorboard))
-    supervisor.validation_listeners.append(checkpointer.on_validation)
+    supervisor.add_hook(LiveConfigRecorder(run_dir, tensorboard))
+    supervisor.add_hook(checkpointer)  # a new best quality is saved as best.pt
     log.info("run directory %s", run_dir)
     return Run(config, run_dir, store, supervisor, run_logging, folder.lock)
 
@@ -346,7 +349,9 @@ def open_run_logging(run_dir: Path, console_log: bool) -> RunLogging:
         raise ConfigError("DATA_ROOT", f"cannot open {path}: {exc.strerror}") from None
 
 
-def build_engine(config: Any, dataset_info: Any, source: Path | None, resuming: bool) -> Any:
+def build_engine(
+    config: Any, dataset_info: Any, source: Path | None, resuming: bool
+) -> TrainingEngine:
     """`make_engine`, and a planned resume that loaded nothing is an error, not a new run that
     would write over the folder's files with its runtime_config.json applied."""
     engine = make_engine(config, dataset_info, source)

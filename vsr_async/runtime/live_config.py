@@ -16,6 +16,7 @@ from config import LEGACY_KEYS, Config, live_keys
 from vsr_async.errors import ConfigError
 from vsr_async.files.atomic import write_atomic_async
 from vsr_async.files.tensorboard import TensorBoardLogger
+from vsr_async.runtime.hooks import RunHook
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +134,13 @@ def load_runtime_config(run_dir: Path, config: Config) -> Config:
     return updated
 
 
-class LiveConfigRecorder:
-    """Supervisor config listener: logs each change and saves runtime_config.json (latest wins).
+class LiveConfigRecorder(RunHook):
+    """Run hook: logs each change and saves runtime_config.json (latest wins).
 
     Called only for applied changes, so the file never holds a refused or failed one. The
     supervisor runs each call as a background task (a slow fsync never holds up the step loop)
-    and awaits those tasks when the run stops, so the last change is on disk at exit.
+    and awaits those tasks when the run stops; `stop` then writes whatever is still unwritten,
+    so the last change is on disk at exit.
     """
 
     def __init__(self, run_dir: Path, tensorboard: TensorBoardLogger) -> None:
@@ -147,10 +149,14 @@ class LiveConfigRecorder:
         self._lock = asyncio.Lock()
         self._latest: Config | None = None
 
-    async def __call__(self, config: Config, applied: dict[str, Any], step: int) -> None:
+    async def on_config_change(self, config: Config, applied: dict[str, Any], step: int) -> None:
         text = f"step {step}: {describe_changes(applied)}"
         self.tensorboard.log_text("Config/Changes", text, step)
         self._latest = config
+        await self._persist()
+
+    async def stop(self) -> None:
+        """The last change on disk before the run ends (waits for a write still under way)."""
         await self._persist()
 
     async def _persist(self) -> None:

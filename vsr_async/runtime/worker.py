@@ -2,40 +2,92 @@
 
 Every torch call (model construction included) runs on one dedicated thread, because CUDA/cuDNN
 handles are per thread and a cold thread pays ~10% on its first steps. Each async method is one
-`run_in_executor` into plain synchronous engine code; no file I/O happens here.
+`run_in_executor` into plain synchronous engine code; the event loop never touches the engine
+itself, and what it needs to know of it (step, resume point, runtime facts) is read on the GPU
+thread at the end of each call and handed over here. No file I/O happens here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vsr_async.records import StepResult, ValidationResult
+
+if TYPE_CHECKING:
+    from vsr_async.training.batch_fit import BatchPlan
+    from vsr_async.training.engine import Resumed, TrainingEngine
 
 T = TypeVar("T")
 
 
 class GpuWorker:
-    def __init__(self, engine_factory: Callable[[], Any]) -> None:
+    """The GPU thread and the engine on it: named async methods, one executor call each."""
+
+    def __init__(self, engine_factory: Callable[[], TrainingEngine]) -> None:
         self._factory = engine_factory
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
-        self.engine: Any = None
+        self._engine: TrainingEngine | None = None  # touched on the GPU thread only
+        self._lock = threading.Lock()  # guards the facts handed from the GPU thread
+        self._facts_version = -1
+        self._facts: dict[str, Any] | None = None  # changed runtime facts, not yet taken
+        self.step: int | None = None  # optimizer steps done, as of the last call (None: no engine)
+        self.resumed: Resumed | None = None  # what the engine continued from, set by `start`
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run `fn` on the GPU thread. Everything touching torch goes through here."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+    @property
+    def started(self) -> bool:
+        return self.step is not None
 
-    async def start(self) -> Any:
-        """Build the engine (model, optimizer, data) on the GPU thread."""
-        self.engine = await self.call(self._factory)
-        return self.engine
+    async def _call(self, fn: Callable[[TrainingEngine], T]) -> T:
+        """Run `fn(engine)` on the GPU thread, then note what the event loop may read."""
+
+        def on_gpu() -> T:
+            engine = self._engine
+            assert engine is not None, "the worker is not started"
+            try:
+                return fn(engine)
+            finally:
+                self._note(engine)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, on_gpu)
+
+    def _note(self, engine: TrainingEngine) -> None:
+        """On the GPU thread: the step, and the runtime facts if they changed."""
+        self.step = engine.step
+        version = getattr(engine, "runtime_version", None)  # a test's stand-in may have none
+        if version is not None and version != self._facts_version:
+            facts = engine.runtime_facts()
+            with self._lock:
+                self._facts_version, self._facts = version, facts
+
+    async def start(self) -> None:
+        """Build the engine (model, optimizer, data; a resume loads there too) on the GPU thread."""
+
+        def build() -> TrainingEngine:
+            engine = self._factory()
+            self._engine = engine
+            self.resumed = getattr(engine, "resumed", None)
+            self._note(engine)
+            return engine
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, build)
+
+    def changed_runtime_facts(self) -> dict[str, Any] | None:
+        """The engine's runtime facts (precision, batch plan, OOM events, validation tiling) if
+        they changed since the last time they were taken, else None."""
+        with self._lock:
+            facts, self._facts = self._facts, None
+        return facts
+
+    async def ensure_batch_plan(self) -> BatchPlan:
+        """The batch plan (BATCH_SIZE="auto" on CUDA: the memory probe, once)."""
+        return await self._call(lambda engine: engine.ensure_batch_plan())
 
     async def train_step(self) -> StepResult:
-        return await self.call(self.engine.train_step)
+        return await self._call(lambda engine: engine.train_step())
 
     async def validate(
         self, progress: Callable[[float], None], should_stop: Callable[[], bool] = lambda: False
@@ -48,12 +100,25 @@ class GpuWorker:
         def report(fraction: float) -> None:
             loop.call_soon_threadsafe(progress, fraction)
 
-        return await self.call(self.engine.validate, report, should_stop)
+        return await self._call(lambda engine: engine.validate(report, should_stop))
+
+    async def on_validation(self, step: int, quality_ki: float) -> None:
+        """Validation quality for the adaptive system (plateau detection)."""
+        await self._call(lambda engine: engine.on_validation(step, quality_ki))
 
     async def apply_config(self, config: Any) -> None:
-        await self.call(self.engine.apply_config, config)
+        await self._call(lambda engine: engine.apply_config(config))
+
+    async def capture_state(self) -> dict[str, Any]:
+        """Everything a checkpoint needs, as CPU copies (the GPU thread waits for the copy)."""
+        return await self._call(lambda engine: engine.capture_state())
+
+    async def run_on_engine(self, fn: Callable[[TrainingEngine], T]) -> T:
+        """Run `fn(engine)` on the GPU thread: for tests and benchmarks that inspect the engine
+        or inject a fault. The run itself uses the named methods above."""
+        return await self._call(fn)
 
     async def close(self) -> None:
-        if self.engine is not None:
-            await self.call(self.engine.close)
+        if self._engine is not None:
+            await self._call(lambda engine: engine.close())
         self._executor.shutdown(wait=True)

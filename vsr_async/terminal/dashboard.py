@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.snapshot import Snapshot
 from vsr_async.terminal.frame import ActivityView, DashboardFrame, fmt_percent, fmt_steps
 from vsr_async.terminal.tty import LEAVE_FULL_SCREEN, FrameWriter, is_terminal
@@ -35,7 +36,7 @@ MESSAGE_TTL_S = 20.0  # key feedback stays this long; the stop prompt stays unti
 # --- the service ------------------------------------------------------------------------------
 
 
-class Dashboard:
+class Dashboard(RunHook):
     """The supervisor service that owns the terminal's output while the run lasts.
 
     `start()` takes the screen (rich `Live`, alternate screen, no auto refresh) and silences the
@@ -79,7 +80,6 @@ class Dashboard:
         if not is_terminal(sys.stdout) or os.environ.get("TERM", "") in ("dumb", "unknown"):
             return None
         dashboard = cls(supervisor.store, supervisor.config, run_logging=run_logging)
-        supervisor.on_hard_exit(dashboard.leave_screen_now)
         return dashboard
 
     # --- keyboard-facing -----------------------------------------------------------------------
@@ -233,6 +233,9 @@ class Dashboard:
         if s["last_statistics_written"]:
             parts.append(f"statistics {s['last_statistics_written']}")
         return " · ".join(parts)
+
+    def on_hard_exit(self) -> None:
+        self.leave_screen_now()
 
     def leave_screen_now(self) -> None:
         """Hard-exit hook (second Ctrl+C): no locks, no thread, just the escape codes."""

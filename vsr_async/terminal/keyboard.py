@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from vsr_async.runtime.commands import Trigger
+from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.supervisor import CommandNotAvailable
 from vsr_async.terminal.tty import CbreakMode, is_foreground, is_terminal
 
@@ -27,7 +28,7 @@ KEYS_HELP = "v validate, p pause/resume, c checkpoint, s dashboard view, h help,
 STOP_PROMPT = "Stop training? [y/N]"
 
 
-class KeyboardReader:
+class KeyboardReader(RunHook):
     """Supervisor service: reads keys while the run lasts, only from a foreground terminal.
 
     `v` validate, `p` pause/resume, `c` checkpoint, `s` dashboard view, `h` help, `q` stop
@@ -89,7 +90,6 @@ class KeyboardReader:
         self._fd = self.stdin.fileno()
         self._mode = CbreakMode(self._fd)
         self._mode.enter()
-        self.supervisor.on_hard_exit(self._mode.restore)
         self._loop.add_reader(self._fd, self._on_readable)
         self._reading = True
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
@@ -105,6 +105,11 @@ class KeyboardReader:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def on_hard_exit(self) -> None:
+        """Second Ctrl+C: give the terminal its mode back before the process ends."""
+        if self._mode is not None:
+            self._mode.restore()
 
     def close(self) -> None:
         """Stop reading and restore the terminal mode (idempotent, sync: safe on every path)."""

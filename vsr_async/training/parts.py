@@ -1,0 +1,105 @@
+"""EngineParts: every tensor-holding object of one run (model, EMA, optimizer, scaler, schedule,
+adaptive system, loss, datasets) and the counters the other engine modules share.
+
+Built on the GPU thread (CUDA handles are per thread). The step, batching, telemetry and state
+modules work on these parts; `engine.TrainingEngine` is the facade that the worker calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vsr_async.data.loader import TrainBatch, build_datasets
+from vsr_async.nn.ema import EmaWeights
+from vsr_async.nn.losses import LossComputer
+from vsr_async.nn.model import VSRNet
+from vsr_async.nn.tiling import TiledInference
+from vsr_async.training.adaptive import AdaptiveSystem
+from vsr_async.training.batch_fit import BatchPlan, effective_batch
+from vsr_async.training.precision import PrecisionPlan, precision_for, resolve_device
+from vsr_async.training.schedule import LRSchedule
+from vsr_async.training.step_window import StepWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a resumed engine continues from (the supervisor restores the store from it)."""
+
+    step: int
+    run_id: str
+    best_quality: float | None
+    best_step: int | None
+    validation_count: int
+    source: Path | None = None  # the file it came from (retention's lineage: see checkpoints.py)
+
+
+class EngineParts:
+    """Owns every tensor of the run; built on the GPU thread (CUDA handles are per thread)."""
+
+    def __init__(self, config: Any, dataset_info: Any) -> None:
+        self.config = config
+        self.device = resolve_device(config.DEVICE)
+        self.precision: PrecisionPlan = precision_for(config.AMP, self.device)
+        log.info("precision: %s (%s)", self.precision.mode, self.precision.reason)
+        torch.manual_seed(config.SEED)
+        self.channels_last = config.CHANNELS_LAST and self.device.type == "cuda"
+
+        # model, EMA, optimizer
+        self.model = VSRNet(config.N_FEATS, config.N_BLOCKS, config.NUM_FRAMES, config.SCALE)
+        self.model.gradient_checkpointing = config.GRADIENT_CHECKPOINTING
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if config.COMPILE else self.model
+        self.ema = EmaWeights(self.model, config.EMA_DECAY) if config.EMA_DECAY > 0 else None
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.MAX_LR,
+            weight_decay=config.WEIGHT_DECAY,
+            fused=True,  # device-side skip of non-finite steps (found_inf), no host sync
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.precision.uses_grad_scaler
+        )
+        self.schedule = LRSchedule.from_config(config)
+        self.adaptive = AdaptiveSystem(config, self.schedule, self.device)
+        self.loss = LossComputer(self._perceptual(config))
+
+        # data
+        self.train_set, self.val_set = build_datasets(config, dataset_info)
+        self.train_gt_size: tuple[int, int] = dataset_info.train_gt_size  # (W, H), for the probe
+        self.samples_per_step = effective_batch(config)
+        self.samples_consumed = 0
+        self.step = 0  # optimizer steps completed
+
+        # batch plan (micro-batch x accumulation, checkpointing): set by `batching`; known at
+        # construction except for BATCH_SIZE="auto" on CUDA, probed before the first step
+        self.batch_plan: BatchPlan | None = None
+        self.oom_events: list[dict[str, Any]] = []  # out-of-memory steps redone, oldest first
+        self.validation_tiling = TiledInference()
+        self.runtime_version = 0  # bumped when a fact of `telemetry.runtime_facts` changes
+        self._batches: Iterator[TrainBatch] | None = None  # yields the plan's micro-batches
+        self.window = StepWindow(self.device)
+        self.resumed: Resumed | None = None
+
+    def _perceptual(self, config: Any) -> torch.nn.Module | None:
+        if config.PERCEPTUAL_WEIGHT <= 0:
+            return None
+        from vsr_async.nn.perceptual import load_perceptual
+
+        return load_perceptual(config.PERCEPTUAL_WEIGHTS_PATH).to(self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = self.precision.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)

@@ -1,0 +1,92 @@
+"""Telemetry: what the engine reports beyond a step's number — the logging-window statistics
+(the one deliberate device→host sync per LOG_TBOARD_EVERY), weight histograms, host memory and
+the runtime facts (precision, batch plan, OOM events, validation tiling) for the snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from typing import Any
+
+import torch
+
+from vsr_async.records import StepStats
+from vsr_async.training.adaptive import AdaptiveSystem
+from vsr_async.training.parts import EngineParts
+
+log = logging.getLogger(__name__)
+
+
+def host_memory_gb() -> float:
+    """Resident memory of this process (Linux: /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def read_stats(parts: EngineParts) -> StepStats:
+    """The logging-cadence sync: one transfer of every window sum, then a new window."""
+    momentum_sum, momentum_count = torch.zeros((), device=parts.device), 0
+    for state in parts.optimizer.state.values():
+        if "exp_avg" in state:
+            momentum_sum += state["exp_avg"].abs().sum()
+            momentum_count += state["exp_avg"].numel()
+    means = parts.window.read(extra=[momentum_sum])
+    total, l1, ms, gradient, perceptual = means.terms
+    smoothed = AdaptiveSystem.loss_at_targets(parts.config, l1, ms, gradient, perceptual)
+    parts.adaptive.update(parts.step, smoothed, perceptual)
+    log_adaptive_events(parts)
+    activity = parts.model.read_activity(reset=True)
+    parts.model.track_activity = False
+    vram_peak = vram_reserved = None
+    if parts.device.type == "cuda":
+        vram_peak = torch.cuda.max_memory_allocated(parts.device) / 1e9
+        vram_reserved = torch.cuda.memory_reserved(parts.device) / 1e9
+    return StepStats(
+        loss_total=total,
+        loss_l1=l1,
+        loss_ms=ms,
+        loss_gradient=gradient,
+        loss_perceptual=perceptual,
+        grad_norm=means.grad_norm,
+        weights=parts.adaptive.weights,
+        grad_clip=float(parts.adaptive.grad_clip),
+        adaptive=parts.adaptive.report(),
+        activity=activity,
+        adam_momentum_avg=means.extra[0] / max(momentum_count, 1),
+        vram_peak_gb=vram_peak,
+        vram_reserved_gb=vram_reserved,
+        host_memory_gb=host_memory_gb(),
+        nonfinite_steps=means.nonfinite_total,
+        nonfinite_streak=means.nonfinite_streak,
+    )
+
+
+def log_adaptive_events(parts: EngineParts) -> None:
+    for event in parts.adaptive.drain_events():
+        log.info("adaptive: %s", event)
+
+
+def histograms(parts: EngineParts) -> dict[str, Any]:
+    """Weight values for TensorBoard histograms (HIST_STEP_EVERY; a deliberate copy)."""
+    return {
+        name: p.detach().float().flatten().cpu().numpy()
+        for name, p in parts.model.named_parameters()
+    }
+
+
+def runtime_facts(parts: EngineParts) -> dict[str, Any]:
+    """The snapshot's `runtime` entries about this engine (read between steps)."""
+    plan = parts.batch_plan
+    return {
+        "precision": parts.precision.mode,
+        "precision_reason": parts.precision.reason,
+        "batch_plan": plan.to_snapshot() if plan is not None else None,
+        "oom_events": len(parts.oom_events),
+        "oom_recent": parts.oom_events[-10:],
+        "validation_tiling": parts.validation_tiling.to_snapshot(),
+    }
