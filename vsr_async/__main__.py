@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from config import Config, build_config, load_config_file, parse_overrides
 from vsr_async.errors import OptionError, VsrError, one_line
 from vsr_async.names import display_name
+from vsr_async.settings import Config, build_config, load_config_file, parse_overrides
 
 DEMO_DIR = Path("vsr_demo")
 

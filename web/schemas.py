@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from config import Config, live_keys
+from vsr_async.settings import Config, live_keys
 
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}
