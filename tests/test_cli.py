@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import TINY_SETTINGS, run_cli, write_patch_dataset, write_toml
 
+import vsr_async
 from vsr_async.__main__ import main
 from vsr_async.errors import one_line
+from vsr_async.settings import Config, field_docs, load_config
 
 
 @pytest.fixture
@@ -215,3 +217,41 @@ def test_demo_trains_and_validates_from_a_fresh_directory(tmp_path: Path) -> Non
     assert (learn / "checkpoints" / "checkpoint_20.pt").is_file()
     assert "Traceback" not in result.stderr
     shutil.rmtree(tmp_path / "vsr_demo")
+
+
+# --- conventions: --version and the key listing -------------------------------------------------
+
+
+def test_version_comes_from_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"vsr_async {vsr_async.__version__}\n"
+
+
+def test_config_lists_every_key_with_default_range_and_doc(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    docs = field_docs()
+    assert [line.split(" = ")[0] for line in lines[::2]] == list(docs)
+    assert [line.strip() for line in lines[1::2]] == list(docs.values())
+    assert "N_FEATS = 64  (in [4, 1024])" in lines
+    assert "MAX_LR = 0.0001  (in [1e-12, 1]; live)" in lines
+    assert "AMP = \"auto\"  (one of 'auto', 'bf16', 'fp16', 'off')" in lines
+
+
+def test_config_write_makes_a_loadable_file_and_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.py"
+    assert main(["config", "--write", str(path)]) == 0
+    assert load_config(path) == Config()
+    path.write_text("N_FEATS = 8\n")
+    capsys.readouterr()
+    assert main(["config", "--write", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"vsr_async: error: option --write: {path} exists (never overwritten)\n"
+    )
+    assert path.read_text() == "N_FEATS = 8\n"

@@ -7,3 +7,5 @@ schema and loader) imports only them and may be imported by every layer but `nn`
 the CLI and composition root, the one module that knows them all. `tests/test_layers.py` holds
 the rule.
 """
+
+__version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it from here
