@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from helpers import TINY_SETTINGS, run_cli, write_patch_dataset, write_toml
 import vsr_async
 from vsr_async.__main__ import main
 from vsr_async.errors import one_line
+from vsr_async.files.logs import LOG_NAME, RunLogging
 from vsr_async.settings import Config, field_docs, load_config
 
 
@@ -219,7 +223,7 @@ def test_demo_trains_and_validates_from_a_fresh_directory(tmp_path: Path) -> Non
     shutil.rmtree(tmp_path / "vsr_demo")
 
 
-# --- conventions: --version and the key listing -------------------------------------------------
+# --- conventions: --version, the key listing, levels on the console, Python warnings -----------
 
 
 def test_version_comes_from_the_package(capsys: pytest.CaptureFixture[str]) -> None:
@@ -255,3 +259,36 @@ def test_config_write_makes_a_loadable_file_and_never_overwrites(
         f"vsr_async: error: option --write: {path} exists (never overwritten)\n"
     )
     assert path.read_text() == "N_FEATS = 8\n"
+
+
+def test_console_lines_name_warnings_and_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs = RunLogging(tmp_path, console=True)
+    log = logging.getLogger("vsr_async.test_cli")
+    log.info("step 5")
+    log.warning("disk nearly full")
+    log.error("checkpoint not written")
+    logs.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "step 5",
+        "WARNING disk nearly full",
+        "ERROR checkpoint not written",
+    ]
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", line.split(" ", 1)[0]) for line in lines)
+
+
+def test_python_warnings_go_to_training_log_while_a_run_logs(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        before = warnings.showwarning
+        logs = RunLogging(tmp_path, console=False)
+        warnings.warn("an old torch API", DeprecationWarning, stacklevel=1)
+        logs.close()
+        assert warnings.showwarning is before  # restored on close
+        with pytest.warns(UserWarning):
+            warnings.warn("after the run", UserWarning, stacklevel=1)
+    text = (tmp_path / LOG_NAME).read_text(encoding="utf-8")
+    assert re.search(r"WARNING py\.warnings: .*DeprecationWarning: an old torch API", text), text
+    assert "after the run" not in text
