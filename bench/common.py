@@ -16,8 +16,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from config import Config, build_config  # noqa: E402
 from vsr_async.data.demo import build_demo_dataset  # noqa: E402
+from vsr_async.settings import Config, build_config  # noqa: E402
 
 DEMO_DATASET = REPO / "vsr_demo" / "bench-dataset"
 

@@ -24,10 +24,10 @@ import torch
 from common import REPO, machine, median, print_result, print_table, temp_run_dir
 from reference_data import FRAMES, GT_SIZE, REFERENCE_SETTINGS, SCALE, build_reference_dataset
 
-from config import build_config
 from vsr_async.data.loader import build_datasets, build_train_loader
 from vsr_async.nn.model import ResBlock
 from vsr_async.runtime.launch import scan
+from vsr_async.settings import build_config
 from vsr_async.training.engine import TrainingEngine
 
 

@@ -47,8 +47,8 @@ def run_one_cap(args: argparse.Namespace) -> dict[str, Any]:
     """In a fresh process: cap the allocator, fit, train, validate; the measured numbers."""
     import torch
 
-    from config import build_config
     from vsr_async.runtime.launch import scan
+    from vsr_async.settings import build_config
     from vsr_async.training.engine import TrainingEngine
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers import TINY_SETTINGS, write_patch_dataset
 
-from config import Config, build_config
 from vsr_async.runtime.launch import Run, build_run, scan_async
+from vsr_async.settings import Config, build_config
 
 # One intra-op thread in this process and (through the environment) in every child process: on a
 # busy 2-core machine two OpenMP threads spin against each other and a tiny step takes ~40x

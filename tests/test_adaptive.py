@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from config import build_config
 from vsr_async.records import AdaptiveReport, LossWeights
+from vsr_async.settings import build_config
 from vsr_async.training.adaptive import MIN_CLIP_SAMPLES, AdaptiveSystem
 from vsr_async.training.schedule import LRSchedule
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from helpers import wait_until
 
-from config import Config
 from vsr_async.data.loader import TrainBatch
 from vsr_async.errors import DeviceMemoryError, VsrError
 from vsr_async.nn import model as model_module
 from vsr_async.runtime.launch import scan
+from vsr_async.settings import Config
 from vsr_async.training.batch_fit import (
     BatchPlan,
     after_oom,

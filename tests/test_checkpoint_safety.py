@@ -41,7 +41,6 @@ import pytest
 import torch
 from helpers import cli_config, finish_run, run_cli
 
-from config import live_keys, secret_keys
 from vsr_async.errors import CheckpointError, ConfigError
 from vsr_async.files.checkpoints import (
     BEST_NAME,
@@ -57,6 +56,7 @@ from vsr_async.runtime.checkpointer import CheckpointWriter
 from vsr_async.runtime.commands import Trigger
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.worker import GpuWorker
+from vsr_async.settings import live_keys, secret_keys
 
 TOKEN = "tok-9f3c1e77d2b54a0c8e6f"
 

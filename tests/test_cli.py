@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
 from helpers import TINY_SETTINGS, run_cli, write_patch_dataset, write_toml
 
+import vsr_async
 from vsr_async.__main__ import main
 from vsr_async.errors import one_line
+from vsr_async.files.logs import LOG_NAME, RunLogging
+from vsr_async.settings import Config, field_docs, load_config
 
 
 @pytest.fixture
@@ -245,3 +251,74 @@ def test_host_the_panel_cannot_bind_is_one_line(tmp_path: Path, host: str, fragm
     errors = [line for line in result.stderr.splitlines() if line.startswith("vsr_async: error")]
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith(f"vsr_async: error: config key WEB_HOST: {fragment}"), errors
+
+
+# --- conventions: --version, the key listing, levels on the console, Python warnings -----------
+
+
+def test_version_comes_from_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"vsr_async {vsr_async.__version__}\n"
+
+
+def test_config_lists_every_key_with_default_range_and_doc(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    docs = field_docs()
+    assert [line.split(" = ")[0] for line in lines[::2]] == list(docs)
+    assert [line.strip() for line in lines[1::2]] == list(docs.values())
+    assert "N_FEATS = 64  (in [4, 1024])" in lines
+    assert "MAX_LR = 0.0001  (in [1e-12, 1]; live)" in lines
+    assert "AMP = \"auto\"  (one of 'auto', 'bf16', 'fp16', 'off')" in lines
+
+
+def test_config_write_makes_a_loadable_file_and_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.py"
+    assert main(["config", "--write", str(path)]) == 0
+    assert load_config(path) == Config()
+    path.write_text("N_FEATS = 8\n")
+    capsys.readouterr()
+    assert main(["config", "--write", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"vsr_async: error: option --write: {path} exists (never overwritten)\n"
+    )
+    assert path.read_text() == "N_FEATS = 8\n"
+
+
+def test_console_lines_name_warnings_and_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs = RunLogging(tmp_path, console=True)
+    log = logging.getLogger("vsr_async.test_cli")
+    log.info("step 5")
+    log.warning("disk nearly full")
+    log.error("checkpoint not written")
+    logs.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "step 5",
+        "WARNING disk nearly full",
+        "ERROR checkpoint not written",
+    ]
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", line.split(" ", 1)[0]) for line in lines)
+
+
+def test_python_warnings_go_to_training_log_while_a_run_logs(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        before = warnings.showwarning
+        logs = RunLogging(tmp_path, console=False)
+        warnings.warn("an old torch API", DeprecationWarning, stacklevel=1)
+        logs.close()
+        assert warnings.showwarning is before  # restored on close
+        with pytest.warns(UserWarning):
+            warnings.warn("after the run", UserWarning, stacklevel=1)
+    text = (tmp_path / LOG_NAME).read_text(encoding="utf-8")
+    assert re.search(r"WARNING py\.warnings: .*DeprecationWarning: an old torch API", text), text
+    assert "after the run" not in text

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from config import Config, build_config, live_keys, load_config, load_config_file
 from vsr_async.errors import ConfigError, ConfigErrors
+from vsr_async.settings import Config, build_config, live_keys, load_config, load_config_file
 
 # A config in the predecessor's format: UPPERCASE constants, comments, a get_config() that
 # returns a dict (adding USE_AMP only when it is on), and a print helper that must not run.

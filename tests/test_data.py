@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from config import Config
 from vsr_async.data import (
     ResumableSampler,
     TrainBatch,
@@ -35,6 +34,7 @@ from vsr_async.data.info import Clip
 from vsr_async.data.patches import PatchTrainDataset
 from vsr_async.data.skipping import MAX_TRIES
 from vsr_async.errors import DatasetError
+from vsr_async.settings import Config
 
 SCALE, FRAMES = 3, 3
 PATCH = 24  # GT patch size in the patch layout

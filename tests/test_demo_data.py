@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from config import Config
 from vsr_async.data import build_datasets, build_demo_dataset, build_train_loader, scan_dataset
 from vsr_async.data.degrade import bicubic_downscale
 from vsr_async.data.demo import COMPLETE_MARKER, TRAIN_CLIPS, TRAIN_PHOTOS, VAL_PHOTOS
 from vsr_async.data.images import read_rgb
 from vsr_async.errors import DatasetError
+from vsr_async.settings import Config
 
 SCALE, FRAMES = 3, 5
 

@@ -3,6 +3,7 @@ functions and under TYPE_CHECKING too).
 
     nn ← training ← runtime → files;  terminal, web → runtime;  data → training
     errors, names, metrics, records: importable by every layer, import no layer
+    settings (the config schema and loader): importable by every layer but nn, imports only top
 
 A lower layer never imports a higher one, and no two modules import each other, directly or in a
 longer cycle. The checker is tested on small invented trees first, so that it is known to fail.
@@ -19,26 +20,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("vsr_async", "web")
 TOP_LEVEL = {"vsr_async", "vsr_async.errors", "vsr_async.names", "vsr_async.metrics"}
 TOP_LEVEL |= {"vsr_async.records"}
-LAYER_PACKAGES = ("nn", "training", "data", "runtime", "files", "terminal")
+LAYER_PACKAGES = ("settings", "nn", "training", "data", "runtime", "files", "terminal")
 
 # Each layer and the layers it may import besides itself (everything below it).
 BELOW: dict[str, set[str]] = {
     "top": set(),
+    "settings": {"top"},
     "nn": {"top"},
-    "data": {"top"},
-    "files": {"top"},
-    "training": {"nn", "data", "top"},
-    "runtime": {"training", "nn", "data", "files", "top"},
-    "terminal": {"runtime", "training", "nn", "data", "files", "top"},
-    "web": {"runtime", "training", "nn", "data", "files", "top"},
-    "cli": {"terminal", "web", "runtime", "training", "nn", "data", "files", "top"},
+    "data": {"settings", "top"},
+    "files": {"settings", "top"},
+    "training": {"nn", "data", "settings", "top"},
+    "runtime": {"training", "nn", "data", "files", "settings", "top"},
+    "terminal": {"runtime", "training", "nn", "data", "files", "settings", "top"},
+    "web": {"runtime", "training", "nn", "data", "files", "settings", "top"},
+    "cli": {"terminal", "web", "runtime", "training", "nn", "data", "files", "settings", "top"},
 }
-# Outside modules a layer must not import: the compute code knows no asyncio, HTTP or `config`.
-FORBIDDEN = {
-    "top": {"config"},
-    "nn": {"config", "asyncio", "aiohttp", "aiofiles"},
-    "training": {"asyncio", "aiohttp", "aiofiles"},
-}
+# Outside modules a layer must not import: the compute code knows no asyncio or HTTP, and no
+# layer imports the top-level name `config` (the user's run configuration file, not our code).
+FORBIDDEN = {layer: {"config"} for layer in BELOW}
+FORBIDDEN["nn"] |= {"asyncio", "aiohttp", "aiofiles"}
+FORBIDDEN["training"] |= {"asyncio", "aiohttp", "aiofiles"}
 
 
 def layer_of(module: str) -> str:
@@ -209,6 +210,19 @@ def test_checker_refuses_config_and_asyncio_in_pure_model_code() -> None:
     assert [p.split(": ")[-1] for p in problems] == [
         "the nn layer must not import asyncio",
         "the nn layer must not import config",
+    ]
+
+
+def test_checker_refuses_settings_in_pure_model_code_and_config_everywhere() -> None:
+    sources = invented(
+        vsr_async__nn__model="from vsr_async.settings.schema import Config\n",
+        vsr_async__settings__schema="",
+        vsr_async__runtime__store="import config\n",
+    )
+    problems, _ = check_layers(sources)
+    assert [p.split(": ", 1)[-1] for p in problems] == [
+        "nn may import only ['nn', 'top'], not settings",
+        "the runtime layer must not import config",
     ]
 
 

@@ -36,7 +36,6 @@ import pytest_asyncio
 from helpers import TINY_SETTINGS, wait_until
 from web_helpers import LiveRun, next_event, read_events, running_panel, web_config
 
-from config import build_config
 from vsr_async.errors import ConfigError
 from vsr_async.runtime import hooks, live_config
 from vsr_async.runtime.live_config import (
@@ -44,6 +43,7 @@ from vsr_async.runtime.live_config import (
     StartOnlyKeyError,
     check_against_pending,
 )
+from vsr_async.settings import build_config
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the module-scoped run's loop
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from skimage import data
 from torch import nn
 
-from config import Config
 from vsr_async.errors import ConfigError
 from vsr_async.nn.losses import TERM_NAMES, LossComputer, LossWeights, sharpness_ratio
 from vsr_async.nn.perceptual import VGGPerceptual, load_perceptual
+from vsr_async.settings import Config
 
 # torchvision's vgg16 "D" configuration: conv widths, "M" = max-pool.
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]

@@ -16,11 +16,11 @@ import torch
 from helpers import wait_until
 from torch.overrides import TorchFunctionMode
 
-from config import Config
 from vsr_async.data.loader import TrainBatch
 from vsr_async.files.checkpoints import CHECKPOINT_DIR, checkpoint_name, load_checkpoint
 from vsr_async.runtime.commands import Trigger
 from vsr_async.runtime.launch import Run, build_run, scan, scan_async
+from vsr_async.settings import Config
 from vsr_async.training.engine import TrainingEngine
 from vsr_async.training.validation import run_validation
 

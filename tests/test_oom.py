@@ -21,13 +21,13 @@ import skimage.data
 import torch
 from helpers import wait_until
 
-from config import Config
 from vsr_async.data.degrade import bicubic_downscale
 from vsr_async.errors import DeviceMemoryError
 from vsr_async.files.checkpoints import CHECKPOINT_DIR, find_resume_checkpoint
 from vsr_async.nn.model import VSRNet
 from vsr_async.nn.tiling import TiledInference, receptive_radius, tiled_forward
 from vsr_async.runtime.launch import build_run, scan, scan_async
+from vsr_async.settings import Config
 from vsr_async.training.engine import TrainingEngine
 from vsr_async.training.validation import run_validation
 

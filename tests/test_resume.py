@@ -19,7 +19,6 @@ import pytest
 import torch
 from helpers import CONTINUING, LOG_STEP, CliRun, cli_config, finish_run, read_json, wait_until
 
-from config import Config
 from vsr_async.errors import CheckpointError
 from vsr_async.files.checkpoints import (
     CHECKPOINT_DIR,
@@ -29,6 +28,7 @@ from vsr_async.files.checkpoints import (
     load_checkpoint,
 )
 from vsr_async.runtime.launch import build_run, fresh_run_dir, scan_async
+from vsr_async.settings import Config
 
 
 def model_tensors(path: Path) -> dict[str, torch.Tensor]:

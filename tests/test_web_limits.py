@@ -271,7 +271,7 @@ import errno, os, resource, sys, threading
 sys.path.insert(0, {str(REPO / "tests")!r})
 import torch
 from helpers import TINY_SETTINGS
-from config import build_config
+from vsr_async.settings import build_config
 from vsr_async.data import skipping
 from vsr_async.data.images import ProcessResourceError
 from vsr_async.runtime.launch import scan

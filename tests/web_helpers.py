@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 from helpers import TINY_SETTINGS
 
-from config import Config, build_config
 from vsr_async.runtime.launch import Run, build_run, scan_async
 from vsr_async.runtime.store import StatsStore
+from vsr_async.settings import Config, build_config
 from web.server import WebPanel
 
 BROWSER_ARGS = [

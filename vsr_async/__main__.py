@@ -1,4 +1,5 @@
-"""Command line: `python -m vsr_async` (demo), `train --config FILE`, `check --config FILE`.
+"""Command line: `python -m vsr_async` (demo), `train`, `check` (both read `--config FILE`, or
+`./config.py`), `config` (list the keys, or write a config file), `--version`.
 
 A `VsrError` (bad config, bad data, busy port) is one line on stderr and exit code 1; anything
 else is a bug and keeps its traceback. This module is the composition root: the one place that
@@ -9,20 +10,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from config import Config, build_config, load_config_file, parse_overrides
+import vsr_async
 from vsr_async.errors import OptionError, VsrError, one_line
 from vsr_async.names import display_name
+from vsr_async.settings import (
+    USER_CONFIG,
+    Config,
+    build_config,
+    load_config_file,
+    parse_overrides,
+    user_config_file,
+)
+
+log = logging.getLogger("vsr_async.cli")
 
 DEMO_DIR = Path("vsr_demo")
 
 CONFIG_HELP = (
-    "a .toml or .py config file; a .py file is executed as Python (like the predecessor's "
-    "configs), so use TOML for configs you did not write yourself"
+    f"a .toml or .py config file (default: ./{USER_CONFIG} in the working folder, as the "
+    "predecessor read it); a .py file is executed as Python (like the predecessor's configs), "
+    "so use TOML for configs you did not write yourself"
 )
 
 # The embedded demo: a small model that beats bicubic on a 2-core CPU within minutes.
@@ -56,11 +71,20 @@ def demo_config(overrides: dict[str, Any]) -> Config:
     return build_config({**DEMO_SETTINGS, **overrides})
 
 
+def package_version() -> str:
+    """The installed distribution's version; the source tree's when it is not installed."""
+    try:
+        return importlib.metadata.version("vsr_async")
+    except importlib.metadata.PackageNotFoundError:
+        return vsr_async.__version__
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m vsr_async",
         description="Train video super-resolution models under an asyncio supervisor.",
     )
+    parser.add_argument("--version", action="version", version=f"vsr_async {package_version()}")
     sub = parser.add_subparsers(dest="command")
 
     def run_options(p: argparse.ArgumentParser) -> None:
@@ -86,15 +110,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
     demo = sub.add_parser("demo", help="train on the embedded demo data (the default)")
     run_options(demo)
-    train = sub.add_parser("train", help="train with a config file")
-    train.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
+    train = sub.add_parser("train", help=f"train with a config file (default ./{USER_CONFIG})")
+    train.add_argument("--config", type=Path, help=CONFIG_HELP)
     run_options(train)
     check = sub.add_parser("check", help="validate a config and its dataset, print a summary")
-    check.add_argument("--config", required=True, type=Path, help=CONFIG_HELP)
+    check.add_argument("--config", type=Path, help=CONFIG_HELP)
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    keys = sub.add_parser("config", help="list every config key: default, range, live, doc")
+    keys.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help="instead, write a config file with every key at its default (never overwrites)",
+    )
 
     argv = list(argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "demo")
     return parser.parse_args(argv)
 
@@ -102,16 +133,39 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def check_path_options(args: argparse.Namespace) -> None:
     """Paths given as options, checked before any file call sees them (a NUL byte makes every
     OS call raise ValueError); config keys are checked by `Config` itself."""
-    paths = {"--config": getattr(args, "config", None), "--resume": getattr(args, "resume", None)}
+    paths = {
+        "--config": getattr(args, "config", None),
+        "--resume": getattr(args, "resume", None),
+        "--write": getattr(args, "write", None),
+    }
     for option, value in paths.items():
         if value is not None and "\x00" in str(value):
             raise OptionError(option, f"path contains a NUL byte: {str(value)!r}")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_file_of(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The config file `train` or `check` reads, and a line that says which: `--config FILE`,
+    else `./config.py` in the working folder (as the predecessor did), else an error."""
+    if args.command == "demo":
+        return None, ""
+    if args.config is not None:
+        return args.config, f"config file: {display_name(str(args.config))}"
+    found = user_config_file()
+    here = display_name(os.getcwd())
+    if found is None:
+        raise OptionError(
+            "--config",
+            f"no config file given, and no {USER_CONFIG} in {here}: pass --config FILE, or "
+            f"write ./{USER_CONFIG} with every key at its default: "
+            f"python -m vsr_async config --write {USER_CONFIG}",
+        )
+    return found, f"config file: ./{USER_CONFIG} in {here} (no --config given)"
+
+
+def config_from_args(args: argparse.Namespace, path: Path | None) -> Config:
     values: dict[str, Any] = {}
-    if getattr(args, "config", None) is not None:
-        values.update(load_config_file(args.config))
+    if path is not None:
+        values.update(load_config_file(path))
     values.update(parse_overrides(args.overrides))
     if getattr(args, "host", None) is not None:
         values["WEB_HOST"] = args.host
@@ -174,7 +228,27 @@ def scan_with_progress(config: Config) -> Any:
         return scan(config, progress=bar.update)
 
 
-def check(config: Config) -> int:
+def list_keys(write: Path | None) -> int:
+    """`config`: every key with its default, range and doc; or write them as a config file."""
+    from vsr_async.settings.describe import config_file_text, key_lines
+
+    if write is None:
+        print("\n".join(key_lines()))
+        return 0
+    shown = display_name(str(write))
+    try:
+        with open(write, "x", encoding="utf-8") as file:
+            file.write(config_file_text())
+    except FileExistsError:
+        raise OptionError("--write", f"{shown} exists (never overwritten)") from None
+    except OSError as exc:
+        raise OptionError("--write", f"cannot write {shown}: {exc.strerror or exc}") from None
+    print(f"wrote {shown}: every config key at its default")
+    return 0
+
+
+def check(config: Config, source: str) -> int:
+    print(source)
     info = scan_with_progress(config)
     print(f"config: ok ({len(config.to_dict())} keys)")
     print(f"dataset: {info.describe()}")
@@ -193,7 +267,7 @@ def check(config: Config) -> int:
     return 0
 
 
-async def train(config: Config, args: argparse.Namespace) -> int:
+async def train(config: Config, args: argparse.Namespace, source: str) -> int:
     from vsr_async.runtime.launch import build_run
 
     info = scan_with_progress(config)
@@ -203,6 +277,8 @@ async def train(config: Config, args: argparse.Namespace) -> int:
 
         sockets = await bind_panel(config)
     run = build_run(config, info, resume=args.resume)
+    if source:
+        log.info("%s", source)
     panel = None
     if config.WEB_ENABLED:
         from web.server import WebPanel
@@ -232,12 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         check_path_options(args)
-        config = config_from_args(args)
+        if args.command == "config":
+            return list_keys(args.write)
+        path, source = config_file_of(args)
+        config = config_from_args(args, path)
         if args.command == "check":
-            return check(config)
+            return check(config, source)
         if args.command == "demo":
             build_demo_data(config)
-        return asyncio.run(train(config, args))
+        return asyncio.run(train(config, args, source))
     except VsrError as exc:
         print(f"vsr_async: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
@@ -246,5 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def unshadow_package_imports() -> None:
+    """`python -m vsr_async` puts the working folder first on sys.path, where a user's own
+    `config.py` or `web/` folder would be imported in place of ours. Drop that entry, as pip's
+    own `__main__` does, unless the working folder is the source tree that holds this package.
+    Called before anything beyond the standard library and `vsr_async` itself is imported."""
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        source_tree = Path(__file__).resolve().parent.parent
+        if Path(sys.path[0] or ".").resolve() != source_tree:
+            del sys.path[0]
+
+
 if __name__ == "__main__":
+    unshadow_package_imports()
     sys.exit(main())

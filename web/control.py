@@ -7,23 +7,18 @@ panel as an SSE `command` (or `validation`) event. No handler touches the model 
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import inspect
-import itertools
 import json
 import typing
 from typing import Any
 
 from aiohttp import web
 
-import config as config_module
-from config import Config, describe_type, live_keys
 from vsr_async.errors import ConfigError
 from vsr_async.runtime.commands import Phase, Trigger
 from vsr_async.runtime.live_config import LiveConfigConflict, StartOnlyKeyError, live_values
 from vsr_async.runtime.supervisor import CommandNotAvailable, Supervisor
+from vsr_async.settings import Config, describe_type, field_docs, live_keys
 from web.keys import EVENTS, SUPERVISOR
 from web.middlewares import ApiError
 
@@ -113,27 +108,6 @@ async def stop(request: web.Request) -> web.Response:
 
 
 # --- live configuration -----------------------------------------------------------------------
-
-
-@functools.cache
-def field_docs() -> dict[str, str]:
-    """The docstring under each Config field (config.py's source is the one description)."""
-    try:
-        tree = ast.parse(inspect.getsource(config_module.Config))
-    except (OSError, TypeError, SyntaxError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
 
 
 def describe_live_keys(config: Config) -> list[dict[str, Any]]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from config import Config
 from vsr_async.files.logs import RunLogging
 from vsr_async.runtime.supervisor import Supervisor
+from vsr_async.settings import Config
 from web.events import EventHub
 from web.images import StripImages
 from web.security import SecurityPolicy

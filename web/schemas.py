@@ -13,8 +13,8 @@ import typing
 from types import NoneType
 from typing import Any
 
-from config import Config, live_keys
 from vsr_async.runtime.snapshot import FIELDS, Field, fields_of
+from vsr_async.settings import Config, live_keys
 
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}

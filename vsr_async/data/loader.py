@@ -17,7 +17,6 @@ from typing import cast
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from config import Config
 from vsr_async.data.frames import FrameTrainDataset, FrameValDataset
 from vsr_async.data.images import ProcessResourceError
 from vsr_async.data.info import Clip, DatasetInfo, PatchPair
@@ -26,6 +25,7 @@ from vsr_async.data.sampler import ResumableSampler
 from vsr_async.data.skipping import SkippingDataset, TrainSample
 from vsr_async.data.validation_set import ValidationSet
 from vsr_async.errors import DatasetError
+from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
 """Run logging: `DATA_ROOT/training.log`, the console, and subscribers (the panel's log lines).
+Python warnings (`warnings.warn`, from any library) are logged too, while a run logs.
 
 Records go through a queue to a listener thread, so a slow disk or terminal never blocks the
 event loop or the GPU thread. Logging never stops a run and never floods the console: a handler
@@ -13,20 +14,35 @@ import logging
 import logging.handlers
 import queue
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vsr_async.names import display_name
 
-LOGGER_NAMES = ("vsr_async", "web")
+LOGGER_NAMES = ("vsr_async", "web", "py.warnings")  # py.warnings: logging.captureWarnings
 LOG_NAME = "training.log"
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+CONSOLE_FORMAT = "%(asctime)s %(message)s"
 
 
 class EscapingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return display_name(super().format(record))
+
+
+class ConsoleFormatter(EscapingFormatter):
+    """`12:00:01 message`; a warning or error names its level: `12:00:01 WARNING message`."""
+
+    def __init__(self) -> None:
+        super().__init__(CONSOLE_FORMAT, "%H:%M:%S")
+        self._with_level = EscapingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            return self._with_level.format(record)
+        return super().format(record)
 
 
 class _ReportsFailures(logging.Handler):
@@ -112,7 +128,7 @@ class RunLogging:
         self.file_handler.setFormatter(EscapingFormatter(FILE_FORMAT))
         self.file_handler.what = display_name(str(path))
         self.console_handler = _ConsoleHandler(sys.stderr)
-        self.console_handler.setFormatter(EscapingFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        self.console_handler.setFormatter(ConsoleFormatter())
         self.console_handler.setLevel(logging.INFO if console else logging.CRITICAL + 1)
         self.callbacks = _CallbackHandler()
         self._handlers: list[_ReportsFailures] = [
@@ -131,6 +147,8 @@ class RunLogging:
         for lg in self._loggers:
             lg.addHandler(self._handler)
             lg.setLevel(level)
+        self._saved_showwarning = warnings.showwarning
+        logging.captureWarnings(True)  # warnings.warn → the py.warnings logger → training.log
         self._listener.start()
 
     def _reporter(self, about: logging.Handler) -> Callable[[str, bool], None]:
@@ -155,6 +173,8 @@ class RunLogging:
         return lambda: self.callbacks.subscribers.remove(callback)
 
     def close(self) -> None:
+        logging.captureWarnings(False)
+        warnings.showwarning = self._saved_showwarning  # as it was, captured before us or not
         for lg, saved in zip(self._loggers, self._saved_levels, strict=True):
             lg.removeHandler(self._handler)
             lg.setLevel(saved)

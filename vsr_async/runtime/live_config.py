@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from config import LEGACY_KEYS, Config, live_keys
 from vsr_async.errors import ConfigError
 from vsr_async.files.atomic import write_atomic_async
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.runtime.hooks import RunHook
+from vsr_async.settings import LEGACY_KEYS, Config, live_keys
 
 log = logging.getLogger(__name__)
 
