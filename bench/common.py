@@ -48,7 +48,6 @@ async def start_bench_run(
 ):
     """The real runtime on the demo model with its web panel (idle) and no dashboard, training
     in the background. Returns (run, panel, the task that ends with the run)."""
-    import asyncio
 
     import torch
 
@@ -63,9 +62,7 @@ async def start_bench_run(
     run = build_run(config, await scan_async(config), resume="never", console_log=False)
     panel = WebPanel(run.supervisor, config, run.logging)
     run.supervisor.add_hook(panel)
-    execution = asyncio.create_task(run.execute())
-    await run.supervisor.started.wait()
-    return run, panel, execution
+    return run, panel, await run.start()
 
 
 def temp_run_dir(prefix: str) -> Path:

@@ -61,14 +61,7 @@ async def start_run(
         config = make_config(**overrides)
         info = await scan_async(config)
         run = build_run(config, info, console_log=False)
-        task = asyncio.create_task(run.execute())
-        started.append((run, task))
-        waiter = asyncio.ensure_future(run.supervisor.started.wait())
-        await asyncio.wait({waiter, task}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            waiter.cancel()
-            task.result()  # raises what stopped the run
-        assert run.supervisor.started.is_set(), "run did not start within 120 s"
+        started.append((run, await run.start()))
         return run
 
     yield start

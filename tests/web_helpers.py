@@ -91,14 +91,8 @@ async def running_panel(config: Config) -> AsyncIterator[LiveRun]:
     run = build_run(config, info, console_log=False)
     panel = WebPanel(run.supervisor, config, run.logging)
     run.supervisor.add_hook(panel)
-    task = asyncio.create_task(run.execute())
+    task = await run.start()
     try:
-        started = asyncio.ensure_future(run.supervisor.started.wait())
-        await asyncio.wait({started, task}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            started.cancel()
-            task.result()  # raise what went wrong at start
-        assert run.supervisor.started.is_set(), "the run did not start within 120 s"
         yield LiveRun(run, panel, task)
     finally:
         if not task.done():

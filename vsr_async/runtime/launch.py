@@ -163,6 +163,19 @@ class Run:
     logging: RunLogging
     lock: RunLock | None = None  # held from build_run to the very end of shutdown
 
+    async def start(self, timeout: float = 120.0) -> asyncio.Task[int]:
+        """Run in the background; return its task once the supervisor has started (engine
+        built, first step pending). What stops the run before that is raised here."""
+        task = asyncio.create_task(self.execute())
+        started = asyncio.ensure_future(self.supervisor.started.wait())
+        await asyncio.wait({started, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if task.done():
+            task.result()  # raises what went wrong at start
+        if not self.supervisor.started.is_set():
+            raise TimeoutError(f"the run did not start within {timeout:.0f} s")
+        return task
+
     async def execute(self) -> int:
         try:
             return await self.supervisor.run()
