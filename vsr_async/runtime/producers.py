@@ -35,6 +35,11 @@ class CommandProducers:
         self.store.set_pending_commands(self._pending_names)
         return command.result
 
+    def _refuse_while_stopping(self) -> None:
+        """New work is refused from the first stop request on, not only once the loop stops."""
+        if self.phase in (Phase.STOPPING, Phase.STOPPED) or self._stop_requested.is_set():
+            raise CommandNotAvailable("the run is stopping")
+
     def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
 
@@ -44,8 +49,7 @@ class CommandProducers:
         Await `request.result` for the `ValidationReport` (resolved once its Statistik file is
         written).
         """
-        if self.phase in (Phase.STOPPING, Phase.STOPPED) or self._stop_requested.is_set():
-            raise CommandNotAvailable("the run is stopping")
+        self._refuse_while_stopping()
         request, new = self.registry.validation_request(Trigger(trigger), self._future())
         if new:
             self._enqueue(cmd.RunValidation(result=self._future(), request=request))
@@ -81,8 +85,7 @@ class CommandProducers:
         while stopping. Every producer comes here. `request.result` resolves with the applied
         values, or fails with the reason (also logged).
         """
-        if self.phase in (Phase.STOPPING, Phase.STOPPED) or self._stop_requested.is_set():
-            raise CommandNotAvailable("the run is stopping")
+        self._refuse_while_stopping()
         request = self.registry.accept_config(self.config, changes, self._future())
         self._enqueue(cmd.ApplyConfig(result=request.result, request=request))
         return request
