@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import pytest_asyncio
 import torch
 from helpers import TINY_SETTINGS, write_patch_dataset
 
@@ -69,3 +71,10 @@ async def start_run(
         if not task.done():
             run.supervisor.stop("test teardown")
         await asyncio.wait_for(asyncio.shield(task), 120)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def http(live: Any) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for a module's `live` panel run (each web test module defines `live`)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session

@@ -60,12 +60,6 @@ async def live(
         yield running
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def http(live: LiveRun) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
-
 @contextlib.asynccontextmanager
 async def no_step_boundary(live: LiveRun, before_step: int | None = None) -> AsyncIterator[None]:
     """Park the supervisor just after a step boundary, as one long training step would: until

@@ -38,12 +38,6 @@ async def live(
         yield running
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def http(live: LiveRun) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
-
 async def validate_once(live: LiveRun, http: aiohttp.ClientSession) -> dict:
     """POST /validate and wait until its Statistik file is written; returns the request JSON."""
     async with http.post(live.url("/validate")) as response:
