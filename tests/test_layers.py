@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("vsr_async", "web")
 TOP_LEVEL = {"vsr_async", "vsr_async.errors", "vsr_async.names", "vsr_async.metrics"}
 TOP_LEVEL |= {"vsr_async.records"}
-LAYER_PACKAGES = ("settings", "nn", "training", "data", "runtime", "files", "terminal")
+LAYER_PACKAGES = ("settings", "nn", "training", "data", "runtime", "files", "terminal", "tools")
 
 # Each layer and the layers it may import besides itself (everything below it).
 BELOW: dict[str, set[str]] = {
@@ -33,13 +33,17 @@ BELOW: dict[str, set[str]] = {
     "runtime": {"training", "nn", "data", "files", "settings", "top"},
     "terminal": {"runtime", "training", "nn", "data", "files", "settings", "top"},
     "web": {"runtime", "training", "nn", "data", "files", "settings", "top"},
-    "cli": {"terminal", "web", "runtime", "training", "nn", "data", "files", "settings", "top"},
+    "tools": {"training", "nn", "data", "files", "settings", "top"},
+    "cli": {"tools", "terminal", "web", "runtime"}
+    | {"training", "nn", "data", "files"}
+    | {"settings", "top"},
 }
 # Outside modules a layer must not import: the compute code knows no asyncio or HTTP, and no
 # layer imports the top-level name `config` (the user's run configuration file, not our code).
 FORBIDDEN = {layer: {"config"} for layer in BELOW}
 FORBIDDEN["nn"] |= {"asyncio", "aiohttp", "aiofiles"}
 FORBIDDEN["training"] |= {"asyncio", "aiohttp", "aiofiles"}
+FORBIDDEN["tools"] |= {"aiohttp"}
 
 
 def layer_of(module: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -29,6 +30,7 @@ from vsr_async.settings import (
     parse_overrides,
     user_config_file,
 )
+from vsr_async.tools import TOOLS
 
 log = logging.getLogger("vsr_async.cli")
 
@@ -124,10 +126,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="instead, write a config file with every key at its default (never overwrites)",
     )
 
+    for tool in tool_modules():
+        tool.add_parser(sub)
+
     argv = list(argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "demo")
     return parser.parse_args(argv)
+
+
+def tool_modules() -> list[Any]:
+    """The tools' modules (`vsr_async.tools.TOOLS`), imported when the CLI parses arguments."""
+    return [importlib.import_module(f"vsr_async.tools.{name}") for name in TOOLS]
 
 
 def check_path_options(args: argparse.Namespace) -> None:
@@ -310,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_path_options(args)
         if args.command == "config":
             return list_keys(args.write)
+        if args.command in TOOLS:
+            return int(importlib.import_module(f"vsr_async.tools.{args.command}").run(args))
         path, source = config_file_of(args)
         config = config_from_args(args, path)
         if args.command == "check":
