@@ -11,6 +11,7 @@ at once and dies blaming the dataset.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from helpers import LOG_STEP, REPO, TINY_SETTINGS, write_toml
 from vsr_async.data import skipping
 from vsr_async.data.images import ProcessResourceError
 from vsr_async.data.loader import _error_from_worker
+from web.limits import os_error_name
 
 FD_LIMIT = 256  # the child's RLIMIT_NOFILE: the panel may hold a quarter (64 connections)
 HEADER_TIMEOUT_S = 1.5  # WEB_IDLE_TIMEOUT_S for the test (default 10 s)
@@ -334,3 +336,11 @@ def test_resource_error_from_a_loader_worker_is_rebuilt_as_one_line() -> None:
     assert str(rebuilt) == str(original)
     assert rebuilt.path == Path("/data/GT/0001.png")
     assert skipping.RESOURCE_WAIT_S >= 1.0  # the module default is not the test's
+
+
+def test_accept_failures_are_named_even_without_an_errno() -> None:
+    """The accept loop counts a failure by its text, else its errno's name; an OSError that
+    carries no errno at all is counted by its class instead of ending the loop (KeyError)."""
+    assert os_error_name(OSError(errno.EMFILE, "Too many open files")) == "Too many open files"
+    assert os_error_name(OSError(errno.ENOBUFS, "")) == "ENOBUFS"
+    assert os_error_name(ConnectionAbortedError("no errno")) == "ConnectionAbortedError"

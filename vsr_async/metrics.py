@@ -93,10 +93,10 @@ def quality(psnr_db: Tensor | float, ssim_value: Tensor | float) -> Tensor | flo
     (element-wise, on their device); two floats in → float out. PSNR +inf counts as 1;
     NaN stays NaN.
     """
-    if isinstance(psnr_db, Tensor) or isinstance(ssim_value, Tensor):
-        device = (psnr_db if isinstance(psnr_db, Tensor) else ssim_value).device
-        p = torch.as_tensor(psnr_db, device=device)
-        s = torch.as_tensor(ssim_value, device=device)
+    tensor = psnr_db if isinstance(psnr_db, Tensor) else ssim_value
+    if isinstance(tensor, Tensor):  # either is a tensor: compute on its device
+        p = torch.as_tensor(psnr_db, device=tensor.device)
+        s = torch.as_tensor(ssim_value, device=tensor.device)
         return (0.7 * ((p - 20.0) / 30.0).clamp(0.0, 1.0) + 0.3 * s).clamp(0.0, 1.0)
     p_db, s_val = float(psnr_db), float(ssim_value)
     if math.isnan(p_db) or math.isnan(s_val):

@@ -7,9 +7,23 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from statistics import fmean
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+
+class LossTargets(Protocol):
+    """The config's loss-weight targets, as `LossWeights.from_config` reads them (a `Config`;
+    this module imports no layer, so it names only what it reads)."""
+
+    @property
+    def L1_WEIGHT(self) -> float: ...
+    @property
+    def MS_WEIGHT(self) -> float: ...
+    @property
+    def GRAD_WEIGHT(self) -> float: ...
+    @property
+    def PERCEPTUAL_WEIGHT(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +37,7 @@ class LossWeights:
     perceptual: float = 0.0
 
     @classmethod
-    def from_config(cls, config: Any) -> LossWeights:
+    def from_config(cls, config: LossTargets) -> LossWeights:
         """The configured targets (where the adaptive system starts)."""
         return cls(
             l1=config.L1_WEIGHT,

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from vsr_async.files.logs import RunLogging
 from vsr_async.runtime.supervisor import Supervisor
+from vsr_async.settings import Config
 from web import control, handlers
 from web.events import EventHub
 from web.images import StripImages
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    supervisor: Supervisor, config: Any, run_logging: RunLogging | None = None
+    supervisor: Supervisor, config: Config, run_logging: RunLogging | None = None
 ) -> web.Application:
     policy = SecurityPolicy.from_config(config)
     hub = EventHub(supervisor.store)

@@ -25,6 +25,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from vsr_async.settings import Config
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 256  # far more than a few browser tabs and scripts need
@@ -48,7 +50,7 @@ class ConnectionLimits:
     header_timeout_s: float
 
     @classmethod
-    def from_config(cls, config: Any) -> ConnectionLimits:
+    def from_config(cls, config: Config) -> ConnectionLimits:
         configured = int(config.WEB_MAX_CONNECTIONS)
         return cls(
             max_connections=configured or auto_max_connections(),
@@ -225,7 +227,7 @@ class BoundedListener:
             try:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as exc:  # EMFILE, ENOBUFS: short of something; never end the panel
-                self.server.report.count(accept_error=exc.strerror or errno.errorcode[exc.errno])
+                self.server.report.count(accept_error=os_error_name(exc))
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
             if self.server.open_connections >= self.server.limits.max_connections:
@@ -237,6 +239,16 @@ class BoundedListener:
                 await loop.connect_accepted_socket(self.server, conn)
             except OSError:  # the client left before its transport was made
                 conn.close()
+
+
+def os_error_name(exc: OSError) -> str:
+    """How an accept failure is counted: its text, else its errno's name, else its class (an
+    OSError need not carry an errno; looking None up must not end the accept loop)."""
+    if exc.strerror:
+        return exc.strerror
+    if exc.errno is not None:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return type(exc).__name__
 
 
 def refuse(conn: socket.socket) -> None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import Counter
 from yarl import URL
 
 from web.security import SecurityPolicy, TokenCheck
+
+if TYPE_CHECKING:  # aiohttp's middleware Protocol; only annotations name it
+    from aiohttp.typedefs import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ def target_host_allowed(policy: SecurityPolicy, target: str) -> bool:
     return policy.host_allowed(authority)
 
 
-def build_middlewares(policy: SecurityPolicy, requests: Counter) -> list[web.Middleware]:
+def build_middlewares(policy: SecurityPolicy, requests: Counter) -> list[Middleware]:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 500

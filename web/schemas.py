@@ -16,14 +16,16 @@ from typing import Any
 from vsr_async.runtime.snapshot import FIELDS, Field, fields_of
 from vsr_async.settings import Config, live_keys
 
-NULLABLE_NUMBER = {"type": ["number", "null"]}
-NULLABLE_INT = {"type": ["integer", "null"]}
-NULLABLE_STRING = {"type": ["string", "null"]}
+JsonSchema = dict[str, Any]  # a JSON Schema object; openapi.py takes these apart and extends them
+
+NULLABLE_NUMBER: JsonSchema = {"type": ["number", "null"]}
+NULLABLE_INT: JsonSchema = {"type": ["integer", "null"]}
+NULLABLE_STRING: JsonSchema = {"type": ["string", "null"]}
 
 JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", NoneType: "null"}
 
 
-def json_schema(annotation: Any) -> dict[str, Any]:
+def json_schema(annotation: Any) -> JsonSchema:
     """The JSON Schema of one of the snapshot definition's Python types."""
     if annotation in JSON_TYPES:
         return {"type": JSON_TYPES[annotation]}
@@ -41,7 +43,7 @@ def json_schema(annotation: Any) -> dict[str, Any]:
     raise TypeError(f"no JSON Schema for {annotation!r}")
 
 
-def property_schema(field: Field) -> dict[str, Any]:
+def property_schema(field: Field) -> JsonSchema:
     key = field.key
     schema = {**json_schema(field.type), "description": key.doc}
     if key.minimum is not None:
@@ -53,7 +55,7 @@ def property_schema(field: Field) -> dict[str, Any]:
     return schema
 
 
-def object_schema(fields: tuple[Field, ...]) -> dict[str, Any]:
+def object_schema(fields: tuple[Field, ...]) -> JsonSchema:
     return {
         "type": "object",
         "required": sorted(f.name for f in fields),
@@ -61,9 +63,9 @@ def object_schema(fields: tuple[Field, ...]) -> dict[str, Any]:
     }
 
 
-SNAPSHOT_SCHEMA = object_schema(FIELDS)
+SNAPSHOT_SCHEMA: JsonSchema = object_schema(FIELDS)
 
-LOSS_POINT = {
+LOSS_POINT: JsonSchema = {
     "type": "object",
     "required": ["step", "total", "learning_rate"],
     "properties": {
@@ -74,7 +76,7 @@ LOSS_POINT = {
         },
     },
 }
-QUALITY_POINT = {
+QUALITY_POINT: JsonSchema = {
     "type": "object",
     "required": ["step", "quality_lr", "quality_ki", "improvement"],
     "properties": {
@@ -94,7 +96,7 @@ QUALITY_POINT = {
         },
     },
 }
-VALIDATION_REQUEST = {
+VALIDATION_REQUEST: JsonSchema = {
     "type": "object",
     "required": ["request_id", "status", "trigger"],
     "properties": {
@@ -108,12 +110,12 @@ VALIDATION_REQUEST = {
         "error": NULLABLE_STRING,
     },
 }
-COMMAND_ACCEPTED = {
+COMMAND_ACCEPTED: JsonSchema = {
     "type": "object",
     "required": ["command", "status"],
     "properties": {"command": {"type": "string"}, "status": {"const": "queued"}},
 }
-STATISTICS_LIST = {
+STATISTICS_LIST: JsonSchema = {
     "type": "object",
     "required": ["files"],
     "properties": {
@@ -133,7 +135,7 @@ STATISTICS_LIST = {
         }
     },
 }
-STRIPS = {
+STRIPS: JsonSchema = {
     "type": "object",
     "required": ["validation_count", "images"],
     "properties": {
@@ -157,13 +159,13 @@ STRIPS = {
 }
 
 
-def config_change_schema() -> dict[str, Any]:
+def config_change_schema() -> JsonSchema:
     hints = typing.get_type_hints(Config)
     properties = {}
     for f in dataclasses.fields(Config):
         if f.name not in live_keys():
             continue
-        schema: dict[str, Any] = {"type": "integer" if hints[f.name] is int else "number"}
+        schema: JsonSchema = {"type": "integer" if hints[f.name] is int else "number"}
         if f.metadata.get("lo") is not None:
             schema["minimum"] = f.metadata["lo"]
         if f.metadata.get("hi") is not None:

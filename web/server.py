@@ -16,12 +16,12 @@ import ipaddress
 import logging
 import socket
 import sys
-from typing import Any
 
 from vsr_async.errors import ConfigError, PortInUseError, VsrError
 from vsr_async.files.logs import RunLogging
 from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.supervisor import Supervisor
+from vsr_async.settings import Config
 from web.app import create_app
 from web.keys import EVENTS, SECURITY
 from web.limits import (
@@ -51,7 +51,7 @@ def url_host(host: str) -> str:
     return host
 
 
-async def bind_panel(config: Any) -> list[socket.socket]:
+async def bind_panel(config: Config) -> list[socket.socket]:
     """The panel's listening sockets on WEB_HOST:WEB_PORT, or the one-line VsrError saying why
     they cannot be had (busy port, unknown host, an address this machine does not have)."""
     host, port = str(config.WEB_HOST).strip(), int(config.WEB_PORT)
@@ -68,7 +68,7 @@ class WebPanel(RunHook):
     def __init__(
         self,
         supervisor: Supervisor,
-        config: Any,
+        config: Config,
         run_logging: RunLogging | None = None,
         sockets: list[socket.socket] | None = None,
     ) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from vsr_async.errors import CheckpointError
 from vsr_async.files.atomic import atomic_writer
+from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def load_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
     return state
 
 
-def check_compatible(state: dict[str, Any], config: Any, path: Path) -> None:
+def check_compatible(state: dict[str, Any], config: Config, path: Path) -> None:
     """Refuse a checkpoint whose model shape differs from the config, naming every key."""
     saved = state["config"]
     differing = [k for k in SHAPE_KEYS if saved.get(k) != getattr(config, k)]
@@ -149,7 +150,7 @@ def _load_or_warn(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def find_resume_checkpoint(directory: Path, config: Any) -> tuple[Path, dict[str, Any]] | None:
+def find_resume_checkpoint(directory: Path, config: Config) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads and verifies; damaged ones are skipped with a warning.
 
     `best.pt` counts too: it is newer than every periodic file when a kill came after a new best

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ WRITE_TIMEOUT_S = 30.0  # a write that takes longer (a hung mount) counts as fai
 _WRITER_THREADS = DaemonThreadExecutor()
 
 
-def serialize_snapshot(snapshot: dict[str, Any]) -> bytes:
+def serialize_snapshot(snapshot: Mapping[str, Any]) -> bytes:
     """The one serializer: the file writer and the HTTP download give the same bytes.
 
     Strict JSON in UTF-8; a string that is not valid UTF-8 (a file name of any bytes that
@@ -79,7 +79,7 @@ class StatisticsWriteError(OSError):
 @dataclass
 class _Job:
     step: int
-    snapshot: dict[str, Any]
+    snapshot: Mapping[str, Any]  # the store's Snapshot (files/ cannot import its TypedDict)
     done: asyncio.Future[Path]
 
 
@@ -105,7 +105,7 @@ class StatisticsWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="statistics-writer")
 
-    def submit(self, step: int, snapshot: dict[str, Any]) -> asyncio.Future[Path]:
+    def submit(self, step: int, snapshot: Mapping[str, Any]) -> asyncio.Future[Path]:
         """Queue a snapshot; the future resolves with the path once the file is on disk."""
         job = _Job(step, snapshot, asyncio.get_running_loop().create_future())
         self._idle.clear()

@@ -15,8 +15,8 @@ class EmaWeights:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self._ema = list(self.model.parameters())
-        self._live = list(model.parameters())
+        self._ema: list[torch.Tensor] = list(self.model.parameters())  # as _foreach_* takes them
+        self._live: list[torch.Tensor] = list(model.parameters())
 
     @torch.no_grad()
     def update(self) -> None:

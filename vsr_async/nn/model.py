@@ -118,10 +118,9 @@ class VSRNet(nn.Module):
 
         # reconstruction
         self.final_fusion = FinalFusion(n_feats)
-        self.upsample = nn.Sequential(
-            nn.Conv2d(n_feats, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale)
-        )
-        _init_scaled(self.upsample[0], 1e-3)  # initial output ≈ bicubic, gradients still flow
+        to_pixels = nn.Conv2d(n_feats, 3 * scale * scale, 3, padding=1)
+        _init_scaled(to_pixels, 1e-3)  # initial output ≈ bicubic, gradients still flow
+        self.upsample = nn.Sequential(to_pixels, nn.PixelShuffle(scale))
 
         # layer activity (device-side sums; not part of checkpoints)
         self._activity_names = (
@@ -144,21 +143,23 @@ class VSRNet(nn.Module):
         # backward branch: t = T−1 … 0; only states up to the centre are needed later
         h_b = torch.zeros_like(feats[0])  # [B, F, h, w]
         states_b: list[Tensor] = [h_b] * (centre + 1)
-        act_b = []
+        act_b: list[Tensor] = []  # filled only when tracking activity
         for i in range(t - 1, -1, -1):
             h_b, act = self._step(self.backward_trunk, torch.cat([feats[i], h_b], dim=1))
             if i <= centre:
                 states_b[i] = h_b
-            act_b.append(act)
+            if act is not None:
+                act_b.append(act)
 
         # forward branch: t = 0 … centre (later frames cannot reach the centre going forward)
         h_f = torch.zeros_like(feats[0])  # [B, F, h, w]
-        act_f = []
+        act_f: list[Tensor] = []
         for i in range(centre + 1):
             h_f, act = self._step(
                 self.forward_trunk, torch.cat([feats[i], states_b[i], h_f], dim=1)
             )
-            act_f.append(act)
+            if act is not None:
+                act_f.append(act)
 
         # reconstruction: fuse both branches at the centre, upsample, add bicubic
         fused = self.final_fusion(torch.cat([states_b[centre], h_f], dim=1))  # [B, F, h, w]
@@ -180,9 +181,7 @@ class VSRNet(nn.Module):
             return checkpoint(trunk, x, self.track_activity, use_reentrant=False)
         return trunk(x, self.track_activity)
 
-    def _record_activity(
-        self, act_b: list[Tensor | None], act_f: list[Tensor | None], fused: Tensor
-    ) -> None:
+    def _record_activity(self, act_b: list[Tensor], act_f: list[Tensor], fused: Tensor) -> None:
         """Add this call's per-block means (averaged over frames) into the device buffer."""
         per_block = torch.cat(
             [

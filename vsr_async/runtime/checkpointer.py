@@ -28,6 +28,7 @@ from vsr_async.files.checkpoints import (
 from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.store import StatsStore, utc_now_iso
 from vsr_async.runtime.worker import GpuWorker
+from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,15 @@ MAX_WRITES_IN_FLIGHT = 2
 
 
 class Checkpointer(Protocol):
-    """Copies the state (awaited: the GPU thread is busy meanwhile), writes it behind."""
+    """Copies the state (awaited: the GPU thread is busy meanwhile), writes it behind. The
+    returned future resolves with the file name once it is on disk, or None when nothing was
+    written (best.pt already holds a better model)."""
 
-    async def save(self, reason: str) -> asyncio.Future[str]: ...
+    async def save(self, reason: str) -> asyncio.Future[str | None]: ...
 
-    async def save_best(self) -> asyncio.Future[str]: ...
+    async def save_best(self) -> asyncio.Future[str | None]: ...
 
-    def apply_config(self, config: Any) -> None: ...
+    def apply_config(self, config: Config) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -51,7 +54,7 @@ class Checkpointer(Protocol):
 class CheckpointWriter(RunHook):
     """The supervisor's checkpointer: copy on the GPU thread, write on the I/O thread, in order."""
 
-    def __init__(self, run_dir: Path, worker: GpuWorker, store: StatsStore, config: Any) -> None:
+    def __init__(self, run_dir: Path, worker: GpuWorker, store: StatsStore, config: Config) -> None:
         self.directory = Path(run_dir) / CHECKPOINT_DIR
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temps(self.directory):
@@ -155,8 +158,8 @@ class CheckpointWriter(RunHook):
         if future.exception() is not None:
             log.error("checkpoint write failed: %s", future.exception())
             return
-        if future.result() is not None:
-            self.store.checkpoint_saved(future.result())
+        if (name := future.result()) is not None:
+            self.store.checkpoint_saved(name)
 
     def _repeat_of_last_save(self, key: tuple[Any, ...]) -> asyncio.Future[str | None] | None:
         """The previous save's future when nothing changed since (same step, no validation, no
@@ -184,7 +187,7 @@ class CheckpointWriter(RunHook):
         state = await self._capture("best")
         return self._submit(self._write_best, state)
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         self.config = config
 
     async def on_validation(self, step: int, result: Any, improved: bool) -> None:

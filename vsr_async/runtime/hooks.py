@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 from vsr_async.records import ValidationResult
+from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class RunHook:
     async def stop(self) -> None:
         return None
 
-    async def on_config_change(self, config: Any, applied: dict[str, Any], step: int) -> None:
+    async def on_config_change(self, config: Config, applied: dict[str, Any], step: int) -> None:
         return None
 
     async def on_validation(self, step: int, result: ValidationResult, improved: bool) -> None:
@@ -73,7 +74,7 @@ class RunHooks:
             except Exception:
                 log.exception("stopping %s failed", type(hook).__name__)
 
-    def config_changed(self, config: Any, applied: dict[str, Any], step: int) -> None:
+    def config_changed(self, config: Config, applied: dict[str, Any], step: int) -> None:
         for hook in self._hooks:
             self.spawn(hook.on_config_change(config, applied, step))
 

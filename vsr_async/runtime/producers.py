@@ -13,12 +13,13 @@ from vsr_async.runtime import commands as cmd
 from vsr_async.runtime.commands import CommandNotAvailable, Phase, Trigger, ValidationRequest
 from vsr_async.runtime.requests import RequestRegistry
 from vsr_async.runtime.store import StatsStore
+from vsr_async.settings import Config
 
 
 class CommandProducers:
     """Mixed into `Supervisor`, which sets these attributes."""
 
-    config: Any
+    config: Config
     store: StatsStore
     registry: RequestRegistry
     commands: asyncio.Queue[cmd.Command]
@@ -91,7 +92,7 @@ class CommandProducers:
         return request
 
     @property
-    def pending_config(self) -> Any:
+    def pending_config(self) -> Config:
         """The config as it will be once every accepted, not yet applied change has applied.
 
         Derived from the request registry (one home for what is pending): the running config

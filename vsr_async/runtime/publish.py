@@ -6,16 +6,19 @@ the non-finite-step counters (NAN_LIMIT). The supervisor decides when; nothing h
 from __future__ import annotations
 
 import logging
-from typing import Any
+import typing
+from typing import Any, Literal
 
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.records import StepResult, ValidationResult
 from vsr_async.runtime.store import StatsStore
+from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)
 
-# The snapshot's validation numbers that a finished validation request reports.
-REQUEST_METRICS = (
+# The snapshot's validation numbers that a finished validation request reports (Literal: a type
+# checker knows them for Snapshot keys).
+RequestMetric = Literal[
     "quality_lr_value",
     "quality_ki_value",
     "quality_improvement_value",
@@ -24,7 +27,8 @@ REQUEST_METRICS = (
     "ssim_lr",
     "ssim_ki",
     "validation_loss_value",
-)
+]
+REQUEST_METRICS: tuple[RequestMetric, ...] = typing.get_args(RequestMetric)
 
 
 class RunPublisher:
@@ -46,7 +50,7 @@ class RunPublisher:
         )
         log.info("resumed run %s at step %d", resumed.run_id, resumed.step)
 
-    def step(self, result: StepResult, config: Any) -> str | None:
+    def step(self, result: StepResult, config: Config) -> str | None:
         """Publish one step; the reason to stop when NAN_LIMIT non-finite steps came in a row."""
         self.store.publish_step(result)
         if result.histograms is not None:

@@ -29,6 +29,7 @@ from vsr_async.runtime.live_config import (
     check_live_changes,
     describe_changes,
 )
+from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ def settle(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
         return
     if source.cancelled():
         target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())
+    elif (exc := source.exception()) is not None:
+        target.set_exception(exc)
         target.exception()
     else:
         target.set_result(source.result())
@@ -83,7 +84,7 @@ class RequestRegistry:
     def pending_config_requests(self) -> list[cmd.ConfigRequest]:
         return [r for r in self.requests.values() if isinstance(r, cmd.ConfigRequest) and r.pending]
 
-    def pending_config(self, config: Any) -> Any:
+    def pending_config(self, config: Config) -> Config:
         """`config` with the pending requests' changes on top, in the order they were accepted."""
         for request in self.pending_config_requests():
             with contextlib.suppress(ConfigError):  # built on a change that failed: fails too
@@ -91,7 +92,7 @@ class RequestRegistry:
         return config
 
     def accept_config(
-        self, config: Any, changes: dict[str, Any], result: asyncio.Future[Any]
+        self, config: Config, changes: dict[str, Any], result: asyncio.Future[Any]
     ) -> cmd.ConfigRequest:
         """A new request for `changes` if they fit `config` with every pending change on top
         (else ConfigError, LiveConfigConflict or StartOnlyKeyError, and nothing is recorded)."""

@@ -34,6 +34,7 @@ from vsr_async.runtime.requests import RequestRegistry, fail_future, settle
 from vsr_async.runtime.signals import StopSignals
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.worker import GpuWorker
+from vsr_async.settings import Config
 from vsr_async.training.validation import ValidationInterrupted
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def checkpoint_due(step: int, every: int) -> bool:
 class Supervisor(CommandProducers):
     def __init__(
         self,
-        config: Any,
+        config: Config,
         *,
         run_dir: Path,
         worker: GpuWorker,
@@ -221,7 +222,7 @@ class Supervisor(CommandProducers):
         )
         return "paused" if paused else "running"
 
-    async def _save_checkpoint(self, reason: str) -> asyncio.Future[str]:
+    async def _save_checkpoint(self, reason: str) -> asyncio.Future[str | None]:
         """Copy now; the returned future resolves with the file name once it is on disk."""
         if self.checkpointer is None:
             raise CommandNotAvailable("checkpoints are off for this run")
@@ -291,7 +292,7 @@ class Supervisor(CommandProducers):
         self.publisher.validation_logged(step, result, trigger.value)
         await self.hooks.validated(step, result, improved)
         if request is not None:
-            metrics = {k: snapshot[k] for k in REQUEST_METRICS}
+            metrics: dict[str, Any] = {k: snapshot[k] for k in REQUEST_METRICS}
             self.hooks.spawn(self.registry.finish(request, step, metrics, written))
 
     # --- shutdown ------------------------------------------------------------------------------

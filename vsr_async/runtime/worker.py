@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vsr_async.records import StepResult, ValidationResult
+from vsr_async.settings import Config
 
 if TYPE_CHECKING:
     from vsr_async.training.batch_fit import BatchPlan
@@ -106,7 +107,7 @@ class GpuWorker:
         """Validation quality for the adaptive system (plateau detection)."""
         await self._call(lambda engine: engine.on_validation(step, quality_ki))
 
-    async def apply_config(self, config: Any) -> None:
+    async def apply_config(self, config: Config) -> None:
         await self._call(lambda engine: engine.apply_config(config))
 
     async def capture_state(self) -> dict[str, Any]:

@@ -16,13 +16,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any, cast
 
 from rich.console import Console
 from rich.live import Live
 
 from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.snapshot import Snapshot
+from vsr_async.settings import Config
 from vsr_async.terminal.frame import ActivityView, DashboardFrame, fmt_percent, fmt_steps
 from vsr_async.terminal.tty import LEAVE_FULL_SCREEN, FrameWriter, is_terminal
 
@@ -48,7 +49,7 @@ class Dashboard(RunHook):
     def __init__(
         self,
         store: Any,
-        config: Any,
+        config: Config,
         *,
         console: Console | None = None,
         run_logging: Any = None,
@@ -168,7 +169,10 @@ class Dashboard(RunHook):
     async def start(self) -> None:
         if self.console is None:
             self._writer = FrameWriter(sys.stdout)
-            self.console = Console(file=self._writer, force_terminal=True)  # size: per frame
+            # rich annotates `file` as IO[str] but calls only write, flush, isatty, fileno and
+            # encoding, which FrameWriter has; it is no full file object.
+            file = cast(IO[str], self._writer)
+            self.console = Console(file=file, force_terminal=True)  # size: per frame
         if self.run_logging is not None and is_terminal(sys.stderr):
             handler = self.run_logging.console_handler
             self._console_was_on = handler.level <= logging.INFO

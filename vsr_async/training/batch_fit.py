@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
 
 from vsr_async.data.loader import TrainBatch
 from vsr_async.errors import DeviceMemoryError
+from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +114,21 @@ def _gb(value: int | None) -> float | None:
     return None if value is None else round(value / GB, 3)
 
 
-def requested_setting(config: Any) -> str:
+def requested_setting(config: Config) -> str:
     """What the configuration asks for, as `BatchPlan.requested` records it."""
     if config.BATCH_SIZE == "auto":
         return f"auto/{config.EFFECTIVE_BATCH}"
     return f"{config.BATCH_SIZE}x{config.ACCUMULATION_STEPS}"
 
 
-def effective_batch(config: Any) -> int:
+def effective_batch(config: Config) -> int:
     """Samples per optimizer step: EFFECTIVE_BATCH for "auto", else BATCH_SIZE x ACCUMULATION."""
     if config.BATCH_SIZE == "auto":
         return int(config.EFFECTIVE_BATCH)
     return int(config.BATCH_SIZE) * int(config.ACCUMULATION_STEPS)
 
 
-def configured_plan(config: Any) -> BatchPlan:
+def configured_plan(config: Config) -> BatchPlan:
     """The plan a fixed BATCH_SIZE gives (no probe)."""
     return BatchPlan(
         micro_batch=int(config.BATCH_SIZE),
@@ -137,7 +139,7 @@ def configured_plan(config: Any) -> BatchPlan:
     )
 
 
-def unlimited_plan(config: Any, device_type: str) -> BatchPlan:
+def unlimited_plan(config: Config, device_type: str) -> BatchPlan:
     """BATCH_SIZE="auto" where device memory sets no limit (the CPU): one micro-batch per step."""
     total = effective_batch(config)
     return BatchPlan(
@@ -247,7 +249,7 @@ def fit_batch(
 
     modes = (True,) if checkpointing_configured else (False, True)
     for checkpointing in modes:
-        best = _largest_fitting(candidates, lambda n, c=checkpointing: fits(n, c))
+        best = _largest_fitting(candidates, partial(fits, checkpointing=checkpointing))
         if best is None:
             continue
         peak = next(t.peak_bytes for t in reversed(trials) if t.micro_batch == best and t.fits)

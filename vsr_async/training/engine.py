@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vsr_async.records import StepResult, ValidationResult
+from vsr_async.settings import Config
 from vsr_async.training import batching, state, step, telemetry
 from vsr_async.training.batch_fit import BatchPlan
 from vsr_async.training.parts import EngineParts, Resumed
@@ -26,7 +27,7 @@ __all__ = ["Resumed", "TrainingEngine"]
 class TrainingEngine(EngineParts):
     """Owns every tensor of the run; built on the GPU thread (CUDA handles are per thread)."""
 
-    def __init__(self, config: Any, dataset_info: Any) -> None:
+    def __init__(self, config: Config, dataset_info: Any) -> None:
         super().__init__(config, dataset_info)
         batching.plan_at_start(self)
 
@@ -40,7 +41,7 @@ class TrainingEngine(EngineParts):
         """The snapshot's `runtime` entries about this engine (read between steps)."""
         return telemetry.runtime_facts(self)
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         """A live config change (validated by the caller), effective from the next step."""
         self.config = config
         self.schedule.update_bounds(config)

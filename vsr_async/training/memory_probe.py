@@ -7,15 +7,11 @@ as they were, and frees what it allocated.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import Tensor
 
 from vsr_async.nn.tiling import free_device_memory
 from vsr_async.training.batch_fit import (
@@ -26,88 +22,67 @@ from vsr_async.training.batch_fit import (
     requested_setting,
     usable_device_memory,
 )
-
-if TYPE_CHECKING:
-    from vsr_async.nn.losses import LossComputer
-    from vsr_async.nn.model import VSRNet
-    from vsr_async.training.adaptive import AdaptiveSystem
+from vsr_async.training.parts import EngineParts
 
 log = logging.getLogger(__name__)
 
 
-class ProbedEngine(Protocol):
-    """What the probe uses of `TrainingEngine`, which calls it (so the probe never imports the
-    engine back)."""
-
-    config: Any
-    device: torch.device
-    model: VSRNet
-    optimizer: torch.optim.Optimizer
-    adaptive: AdaptiveSystem
-    loss: LossComputer
-    forward: Callable[[Tensor], Tensor]
-    train_gt_size: tuple[int, int]
-    samples_per_step: int
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]: ...
-
-
-def probe_batch_plan(engine: ProbedEngine) -> BatchPlan:
+def probe_batch_plan(parts: EngineParts) -> BatchPlan:
     """Real trial steps (forward+backward, no optimizer step) at the training sample size.
 
     The peak is measured with max_memory_allocated; memory AdamW's state will take is held
     by placeholders meanwhile. Weights, optimizer state and the RNG are left as they were.
     """
-    usable = usable_device_memory(engine.device)
+    usable = usable_device_memory(parts.device)
     limit = int(usable * (1 - SAFETY_MARGIN))
     log.info(
         'BATCH_SIZE="auto": probing micro-batches for EFFECTIVE_BATCH=%d on %s '
         "(%.2f GB usable, limit %.2f GB with a %d%% margin)",
-        engine.samples_per_step,
-        engine.device,
+        parts.samples_per_step,
+        parts.device,
         usable / 1e9,
         limit / 1e9,
         round(SAFETY_MARGIN * 100),
     )
-    placeholders = optimizer_state_placeholders(engine.model, engine.optimizer)
+    placeholders = optimizer_state_placeholders(parts.model, parts.optimizer)
     try:
         return fit_batch(
-            engine.samples_per_step,
-            functools.partial(trial_step, engine),
+            parts.samples_per_step,
+            functools.partial(trial_step, parts),
             limit_bytes=limit,
-            requested=requested_setting(engine.config),
-            checkpointing_configured=engine.config.GRADIENT_CHECKPOINTING,
+            requested=requested_setting(parts.config),
+            checkpointing_configured=parts.config.GRADIENT_CHECKPOINTING,
         )
     finally:
         del placeholders
-        engine.optimizer.zero_grad(set_to_none=True)
-        engine.model.gradient_checkpointing = engine.config.GRADIENT_CHECKPOINTING
-        free_device_memory(engine.device)
-        torch.cuda.reset_peak_memory_stats(engine.device)  # vram_usage_gb starts after it
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.model.gradient_checkpointing = parts.config.GRADIENT_CHECKPOINTING
+        free_device_memory(parts.device)
+        torch.cuda.reset_peak_memory_stats(parts.device)  # vram_usage_gb starts after it
 
 
-def trial_step(engine: ProbedEngine, micro_batch: int, checkpointing: bool) -> int:
+def trial_step(parts: EngineParts, micro_batch: int, checkpointing: bool) -> int:
     """Forward+backward of `micro_batch` synthetic samples; the peak allocated bytes."""
-    engine.optimizer.zero_grad(set_to_none=True)
-    free_device_memory(engine.device)  # what a failed trial held is unreferenced by now
-    torch.cuda.reset_peak_memory_stats(engine.device)
-    engine.model.train()
-    engine.model.track_activity = False
-    engine.model.gradient_checkpointing = checkpointing
-    w, h = engine.train_gt_size
-    s, t = engine.config.SCALE, engine.config.NUM_FRAMES
+    parts.optimizer.zero_grad(set_to_none=True)
+    free_device_memory(parts.device)  # what a failed trial held is unreferenced by now
+    torch.cuda.reset_peak_memory_stats(parts.device)
+    parts.model.train()
+    parts.model.track_activity = False
+    parts.model.gradient_checkpointing = checkpointing
+    w, h = parts.train_gt_size
+    s, t = parts.config.SCALE, parts.config.NUM_FRAMES
     generator = torch.Generator().manual_seed(0)  # the global RNG stays untouched
     lr = torch.rand((micro_batch, t, 3, h // s, w // s), generator=generator)
     gt = torch.rand((micro_batch, 3, h, w), generator=generator)
-    weights = engine.adaptive.weights
-    if engine.loss.perceptual is not None:  # the VGG pass may be switched on later: count it
+    weights = parts.adaptive.weights
+    if parts.loss.perceptual is not None:  # the VGG pass may be switched on later: count it
         weights = dataclasses.replace(weights, perceptual=max(weights.perceptual, 1.0))
     try:
-        with engine.autocast():
-            sr = engine.forward(lr.to(engine.device))  # [n, 3, H, W]
-        total, _ = engine.loss(sr, gt.to(engine.device), weights)
+        with parts.autocast():
+            sr = parts.forward(lr.to(parts.device))  # [n, 3, H, W]
+        total, _ = parts.loss(sr, gt.to(parts.device), weights)
         total.backward()  # no scaler, no optimizer step: nothing of the run changes
-        torch.cuda.synchronize(engine.device)
-        return torch.cuda.max_memory_allocated(engine.device)
+        torch.cuda.synchronize(parts.device)
+        return torch.cuda.max_memory_allocated(parts.device)
     finally:
-        engine.optimizer.zero_grad(set_to_none=True)
+        parts.optimizer.zero_grad(set_to_none=True)

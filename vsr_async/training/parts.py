@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -21,6 +21,7 @@ from vsr_async.nn.ema import EmaWeights
 from vsr_async.nn.losses import LossComputer
 from vsr_async.nn.model import VSRNet
 from vsr_async.nn.tiling import TiledInference
+from vsr_async.settings import Config
 from vsr_async.training.adaptive import AdaptiveSystem
 from vsr_async.training.batch_fit import BatchPlan, effective_batch
 from vsr_async.training.precision import PrecisionPlan, precision_for, resolve_device
@@ -45,7 +46,7 @@ class Resumed:
 class EngineParts:
     """Owns every tensor of the run; built on the GPU thread (CUDA handles are per thread)."""
 
-    def __init__(self, config: Any, dataset_info: Any) -> None:
+    def __init__(self, config: Config, dataset_info: Any) -> None:
         self.config = config
         self.device = resolve_device(config.DEVICE)
         self.precision: PrecisionPlan = precision_for(config.AMP, self.device)
@@ -58,7 +59,8 @@ class EngineParts:
         self.model.gradient_checkpointing = config.GRADIENT_CHECKPOINTING
         self.model.to(self.device)
         if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            # Module.to accepts memory_format; torch's overloads for it leave the keyword out.
+            cast(Any, self.model).to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if config.COMPILE else self.model
         self.ema = EmaWeights(self.model, config.EMA_DECAY) if config.EMA_DECAY > 0 else None
         self.optimizer = torch.optim.AdamW(
@@ -91,7 +93,7 @@ class EngineParts:
         self.window = StepWindow(self.device)
         self.resumed: Resumed | None = None
 
-    def _perceptual(self, config: Any) -> torch.nn.Module | None:
+    def _perceptual(self, config: Config) -> torch.nn.Module | None:
         if config.PERCEPTUAL_WEIGHT <= 0:
             return None
         from vsr_async.nn.perceptual import load_perceptual

@@ -52,15 +52,16 @@ def choose_precision(
     """
     if device_type == "cuda" and capability is None:
         raise ValueError("a CUDA device needs its compute capability")
-    cc = f"{capability[0]}.{capability[1]}" if capability else ""
+    cap = capability or (0, 0)  # read only on CUDA, where it is given (checked above)
+    cc = f"{cap[0]}.{cap[1]}"
     if requested == "off":
         return PrecisionPlan("off", "AMP=off: fp32 as configured")
     if requested == "auto":
         if device_type != "cuda":
             return PrecisionPlan("off", f"fp32 on the {device_type.upper()} (AMP=auto)")
-        if capability >= (8, 0):
+        if cap >= (8, 0):
             return PrecisionPlan("bf16", f"bf16: compute capability {cc} runs it natively")
-        if capability >= (7, 0):
+        if cap >= (7, 0):
             return PrecisionPlan(
                 "fp16",
                 f"fp16 + grad scaler: compute capability {cc} has fp16 "
@@ -70,7 +71,7 @@ def choose_precision(
             "off", f"fp32: compute capability {cc} has neither native bf16 nor fast fp16"
         )
     if requested == "bf16":
-        if device_type == "cuda" and capability < (8, 0):
+        if device_type == "cuda" and cap < (8, 0):
             raise ConfigError(
                 "AMP",
                 f'"bf16" needs compute capability >= 8.0; this GPU has {cc} '
@@ -78,7 +79,7 @@ def choose_precision(
             )
         return PrecisionPlan("bf16", "AMP=bf16 as configured")
     if requested == "fp16":
-        if device_type == "cuda" and capability < (6, 0):
+        if device_type == "cuda" and cap < (6, 0):
             raise ConfigError(
                 "AMP",
                 f'"fp16" needs compute capability >= 6.0; this GPU has {cc} (use "auto" or "off")',

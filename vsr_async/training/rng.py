@@ -12,7 +12,11 @@ import torch
 
 def capture_rng() -> dict[str, Any]:
     version, mt_state, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    # The global generator is an MT19937, for which legacy=True always gives the tuple (a dict
+    # only for other bit generators).
+    assert isinstance(np_state, tuple)
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np_state
     state: dict[str, Any] = {
         "python": [version, list(mt_state), gauss],
         "numpy": [

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+
+from vsr_async.settings import Config
 
 WARMUP, COSINE, BOOST, FINAL = "Warmup", "Cosine", "Boost", "Final"
 
@@ -25,7 +26,7 @@ class LRSchedule:
     boost_until: int = -1  # the boost applies to steps < boost_until
 
     @classmethod
-    def from_config(cls, config: Any) -> LRSchedule:
+    def from_config(cls, config: Config) -> LRSchedule:
         return cls(
             start_lr=min(10.0**config.LR_EXPONENT, config.MAX_LR),
             max_lr=config.MAX_LR,
@@ -34,7 +35,7 @@ class LRSchedule:
             max_steps=config.MAX_STEPS,
         )
 
-    def update_bounds(self, config: Any) -> None:
+    def update_bounds(self, config: Config) -> None:
         """Live config change of MAX_LR / MIN_LR (takes effect at the next step)."""
         self.max_lr, self.min_lr = config.MAX_LR, config.MIN_LR
         self.start_lr = min(10.0**config.LR_EXPONENT, config.MAX_LR)

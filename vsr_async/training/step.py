@@ -7,9 +7,10 @@ on logging steps (telemetry.read_stats), the one deliberate device→host sync.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
+from torch import Tensor
 
 from vsr_async.data.loader import TrainBatch
 from vsr_async.nn.losses import sharpness_ratio
@@ -18,6 +19,14 @@ from vsr_async.records import StepResult
 from vsr_async.training import batching, telemetry
 from vsr_async.training.batch_fit import split_batch
 from vsr_async.training.parts import EngineParts
+
+
+class FusedSkip(Protocol):
+    """The two attributes a fused optimizer's `step()` reads to skip an update on the device
+    (GradScaler sets them the same way); torch's stubs do not declare them on the optimizer."""
+
+    grad_scale: Tensor | None
+    found_inf: Tensor | None
 
 
 def is_logging_step(parts: EngineParts, step: int) -> bool:
@@ -64,8 +73,9 @@ def train_step(parts: EngineParts) -> StepResult:
         parts.scaler.update()
     else:
         # The fused optimizer skips the update on the device when found_inf is 1.
-        parts.optimizer.grad_scale = None
-        parts.optimizer.found_inf = (~finite).float()
+        skip = cast(FusedSkip, parts.optimizer)  # see FusedSkip: a gap in torch's stubs
+        skip.grad_scale = None
+        skip.found_inf = (~finite).float()
         parts.optimizer.step()
     if parts.ema is not None:
         parts.ema.update()

@@ -7,6 +7,7 @@ adapts) exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,7 @@ class StepWindow:
         self.window_nonfinite += found_inf
         self.steps += 1
 
-    def read(self, extra: list[Tensor] = ()) -> WindowMeans:
+    def read(self, extra: Sequence[Tensor] = ()) -> WindowMeans:
         """The logging-cadence sync: one device→host transfer, then a fresh window."""
         packed = torch.cat(
             [
