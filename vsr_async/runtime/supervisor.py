@@ -14,18 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vsr_async.errors import ConfigError, VsrError
+from vsr_async.errors import CommandNotAvailable, ConfigError, ValidationInterrupted, VsrError
 from vsr_async.files.statistics import StatisticsWriter
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.runtime import commands as cmd
 from vsr_async.runtime.checkpointer import Checkpointer
-from vsr_async.runtime.commands import (
-    CommandNotAvailable,
-    Phase,
-    RequestStatus,
-    Trigger,
-    ValidationRequest,
-)
+from vsr_async.runtime.commands import Phase, RequestStatus, Trigger, ValidationRequest
 from vsr_async.runtime.hooks import RunHook, RunHooks
 from vsr_async.runtime.live_config import check_live_changes, live_values
 from vsr_async.runtime.producers import CommandProducers
@@ -34,7 +28,6 @@ from vsr_async.runtime.requests import RequestRegistry, fail_future, settle
 from vsr_async.runtime.signals import StopSignals
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.worker import GpuWorker
-from vsr_async.training.validation import ValidationInterrupted
 
 log = logging.getLogger(__name__)
 
