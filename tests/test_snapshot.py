@@ -9,8 +9,10 @@ import typing
 from types import NoneType, UnionType
 
 from vsr_async.records import (
+    AdaptiveMode,
     AdaptiveReport,
     ImageMetrics,
+    LossMeans,
     LossWeights,
     StepResult,
     StepStats,
@@ -24,15 +26,12 @@ from web.schemas import SNAPSHOT_SCHEMA
 
 def stats(**changes: typing.Any) -> StepStats:
     values: dict[str, typing.Any] = {
-        "loss_total": 0.5,
-        "loss_l1": 0.1,
-        "loss_ms": 0.2,
-        "loss_gradient": float("nan"),  # non-finite: null in the snapshot
-        "loss_perceptual": 0.3,
+        # gradient non-finite: null in the snapshot
+        "losses": LossMeans(total=0.5, l1=0.1, ms=0.2, gradient=float("nan"), perceptual=0.3),
         "grad_norm": 1.5,
         "weights": LossWeights(1.0, 0.5, 0.2, 0.1),
         "grad_clip": 1.0,
-        "adaptive": AdaptiveReport("Stable", False, 0, 2, True, -0.01),
+        "adaptive": AdaptiveReport(AdaptiveMode.STABLE, False, 0, 2, True, -0.01),
         "activity": {"Backward_Block_01": 0.5, "Final_Fusion": float("inf")},
         "adam_momentum_avg": 1e-4,
         "vram_peak_gb": None,

@@ -48,8 +48,8 @@ def property_schema(field: Field) -> dict[str, Any]:
         schema["minimum"] = key.minimum
     if key.maximum is not None:
         schema["maximum"] = key.maximum
-    if key.enum is not None:
-        schema["enum"] = list(key.enum)
+    if key.enum is not None:  # a nullable key's enum takes null too
+        schema["enum"] = [*key.enum, *([None] if "null" in schema["type"] else [])]
     return schema
 
 

@@ -60,7 +60,7 @@ class RunPublisher:
             "step %d/%d  loss %.5f  lr %.2e (%s)  %s",
             result.step,
             config.MAX_STEPS,
-            stats.loss_total,
+            stats.losses.total,
             result.learning_rate,
             result.lr_phase,
             f"{1 / sps:.2f} it/s" if sps else "-- it/s",

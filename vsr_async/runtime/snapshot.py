@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict, cast
 
-from vsr_async.records import ImageMetrics
+from vsr_async.records import AdaptiveMode, ImageMetrics
 from vsr_async.runtime.commands import Phase
 
 SCHEMA_VERSION = 1  # `schema_version`: bump it when a key is renamed or removed or changes type
@@ -138,7 +138,13 @@ class Snapshot(TypedDict):
         float | None, Key("Mean gradient norm over the logging window.", gauge("vsr_grad_norm"))
     ]
     # adaptive: all computed from live state, none constant
-    adaptive_mode: Annotated[str | None, Key("Off, Warmup, Settling, Stable or Aggressive.")]
+    adaptive_mode: Annotated[
+        str | None,
+        Key(
+            f"Adaptive mode: {', '.join(AdaptiveMode)}.",
+            enum=tuple(m.value for m in AdaptiveMode),
+        ),
+    ]
     adaptive_is_cooldown: Annotated[
         bool | None, Key("True while the loss weights' cooldown lasts.")
     ]

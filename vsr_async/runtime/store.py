@@ -158,11 +158,7 @@ class StatsStore:
             self.loss_history.append(
                 {
                     "step": result.step,
-                    "total": result.stats.loss_total,
-                    "l1": result.stats.loss_l1,
-                    "ms": result.stats.loss_ms,
-                    "gradient": result.stats.loss_gradient,
-                    "perceptual": result.stats.loss_perceptual,
+                    **result.stats.losses._asdict(),  # total, then each LossTerm by its name
                     "learning_rate": result.learning_rate,
                     "grad_norm": result.stats.grad_norm,
                 }
@@ -301,20 +297,20 @@ class StatsStore:
             "learning_rate_value": p.learning_rate,
             "lr_phase_name": p.lr_phase,
             # losses (window means of unweighted components, read at the logging cadence)
-            "total_loss_value": s.loss_total if s else None,
-            "l1_loss_value": s.loss_l1 if s else None,
-            "ms_loss_value": s.loss_ms if s else None,
-            "gradient_loss_value": s.loss_gradient if s else None,
-            "perceptual_loss_value": s.loss_perceptual if s else None,
+            "total_loss_value": s.losses.total if s else None,
+            "l1_loss_value": s.losses.l1 if s else None,
+            "ms_loss_value": s.losses.ms if s else None,
+            "gradient_loss_value": s.losses.gradient if s else None,
+            "perceptual_loss_value": s.losses.perceptual if s else None,
             # weights
             "l1_weight_current": s.weights.l1 if s else None,
             "ms_weight_current": s.weights.ms if s else None,
-            "gradient_weight_current": s.weights.grad if s else None,
+            "gradient_weight_current": s.weights.gradient if s else None,
             "perceptual_weight_current": s.weights.perceptual if s else None,
             "gradient_clip_val": s.grad_clip if s else None,
             "grad_norm_value": s.grad_norm if s else None,
             # adaptive
-            "adaptive_mode": adaptive.mode if adaptive else None,
+            "adaptive_mode": adaptive.mode.value if adaptive else None,
             "adaptive_is_cooldown": adaptive.is_cooldown if adaptive else None,
             "adaptive_cooldown_remaining": adaptive.cooldown_remaining if adaptive else None,
             "adaptive_plateau_counter": adaptive.plateau_counter if adaptive else None,

@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vsr_async.records import AdaptiveReport, LossWeights
+from vsr_async.records import AdaptiveMode, AdaptiveReport, LossMeans, LossTerm, LossWeights
 from vsr_async.training.schedule import LRSchedule
 
-OFF, WARMUP, SETTLING, STABLE, AGGRESSIVE = "Off", "Warmup", "Settling", "Stable", "Aggressive"
-TERMS = ("l1", "ms", "grad", "perceptual")  # order of the multipliers in state_dict
+OFF, WARMUP, SETTLING = AdaptiveMode.OFF, AdaptiveMode.WARMUP, AdaptiveMode.SETTLING
+STABLE, AGGRESSIVE = AdaptiveMode.STABLE, AdaptiveMode.AGGRESSIVE
+TERMS = tuple(LossTerm)  # order of the multipliers in state_dict
+SHARPENING = (LossTerm.MS, LossTerm.GRADIENT, LossTerm.PERCEPTUAL)  # moved up when blurry
 MIN_CLIP_SAMPLES = 32  # finite gradient norms needed before the clip follows the history
 MAX_EVENTS = 100  # undrained events kept (the oldest are dropped)
 STATE_VERSION = 1
@@ -48,7 +50,7 @@ class AdaptiveSystem:
         # host state (all of it in state_dict)
         self._step = 0  # last step seen by update / on_validation / on_resume
         self._recorded = 0  # record_step calls since the ring was (re)filled: the ring index
-        self._multipliers = dict.fromkeys(TERMS, 1.0)
+        self._multipliers: dict[LossTerm, float] = dict.fromkeys(TERMS, 1.0)
         self._grad_clip = float(config.INITIAL_GRAD_CLIP)
         self._clip_from_history = False
         self._cooldown_until = 0  # no weight move before this step
@@ -109,7 +111,7 @@ class AdaptiveSystem:
         return self._grad_clip
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> AdaptiveMode:
         if not (self.weights_adaptive or self.clip_adaptive):
             return OFF
         if self._step < self.config.WARMUP_STEPS:
@@ -219,14 +221,15 @@ class AdaptiveSystem:
         self._note_mode()
 
     @staticmethod
-    def loss_at_targets(config: Any, l1: float, ms: float, grad: float, perceptual: float) -> float:
+    def loss_at_targets(config: Any, losses: LossMeans) -> float:
         """The training loss under the config's target weights: what `update` should get as
         `smoothed_loss`, so a weight move is never mistaken for progress or for a plateau."""
+        targets = LossWeights.from_config(config)
         return (
-            config.L1_WEIGHT * l1
-            + config.MS_WEIGHT * ms
-            + config.GRAD_WEIGHT * grad
-            + config.PERCEPTUAL_WEIGHT * perceptual
+            targets.l1 * losses.l1
+            + targets.ms * losses.ms
+            + targets.gradient * losses.gradient
+            + targets.perceptual * losses.perceptual
         )
 
     # --- rules ---------------------------------------------------------------------------------
@@ -324,7 +327,7 @@ class AdaptiveSystem:
         if not self.weights_adaptive or step < self._cooldown_until:
             return
         targets = self._targets()
-        sharp_terms = [t for t in ("ms", "grad", "perceptual") if targets[t] > 0]
+        sharp_terms = [t for t in SHARPENING if targets[t] > 0]
         if not sharp_terms:
             return  # nothing that sharpens is on: lowering L1 alone would only rescale the loss
         ratio = self._window_sharpness(step)
@@ -340,8 +343,9 @@ class AdaptiveSystem:
         before = dict(self._multipliers)
         for term in sharp_terms:
             self._multipliers[term] = self._clamp(term, self._multipliers[term] + delta)
-        if targets["l1"] > 0:
-            self._multipliers["l1"] = self._clamp("l1", self._multipliers["l1"] - delta)
+        if targets[LossTerm.L1] > 0:
+            l1 = LossTerm.L1
+            self._multipliers[l1] = self._clamp(l1, self._multipliers[l1] - delta)
         if self._multipliers == before:
             return  # every weight already at its bound: no move, no cooldown
         cooldown = cfg.ADAPTIVE_WEIGHT_COOLDOWN_STEPS
@@ -352,7 +356,7 @@ class AdaptiveSystem:
         self._event(
             step,
             f"sharpness {ratio:.3f} ({reason}): weights l1 {w.l1:.4g}, ms {w.ms:.4g}, "
-            f"grad {w.grad:.4g}, perceptual {w.perceptual:.4g}",
+            f"gradient {w.gradient:.4g}, perceptual {w.perceptual:.4g}",
         )
 
     # --- helpers -------------------------------------------------------------------------------
@@ -361,20 +365,16 @@ class AdaptiveSystem:
         after_warmup = self.config.WARMUP_STEPS + self.config.ADAPTIVE_SETTLING_STEPS
         return max(after_warmup, self._resume_settle_until)
 
-    def _targets(self) -> dict[str, float]:
-        cfg = self.config
-        return {
-            "l1": cfg.L1_WEIGHT,
-            "ms": cfg.MS_WEIGHT,
-            "grad": cfg.GRAD_WEIGHT,
-            "perceptual": cfg.PERCEPTUAL_WEIGHT if self.perceptual_on else 0.0,
-        }
+    def _targets(self) -> dict[LossTerm, float]:
+        targets = LossWeights.from_config(self.config)
+        on = {t: t is not LossTerm.PERCEPTUAL or self.perceptual_on for t in TERMS}
+        return {t: targets.of(t) if on[t] else 0.0 for t in TERMS}
 
-    def _clamp(self, term: str, multiplier: float) -> float:
+    def _clamp(self, term: LossTerm, multiplier: float) -> float:
         """Floors and ceilings, as fractions of the target: L1 in [ADAPTIVE_L1_FLOOR, 1], the
         others in [ADAPTIVE_WEIGHT_FLOOR, ADAPTIVE_WEIGHT_CEILING]."""
         cfg = self.config
-        if term == "l1":
+        if term is LossTerm.L1:
             lo, hi = cfg.ADAPTIVE_L1_FLOOR, 1.0
         else:
             lo, hi = cfg.ADAPTIVE_WEIGHT_FLOOR, cfg.ADAPTIVE_WEIGHT_CEILING
@@ -383,7 +383,7 @@ class AdaptiveSystem:
     def _current_weights(self) -> LossWeights:
         targets, m = self._targets(), self._multipliers
         # 12 significant digits: the panel shows 0.11, not 0.11000000000000001
-        return LossWeights(**{t: float(f"{targets[t] * m[t]:.12g}") for t in TERMS})
+        return LossWeights(**{t.value: float(f"{targets[t] * m[t]:.12g}") for t in TERMS})
 
     def _window_sharpness(self, step: int) -> float | None:
         """Mean sharpness ratio over the window, or None before a full window since the last
