@@ -13,7 +13,7 @@ import typing
 from types import NoneType
 from typing import Any
 
-from vsr_async.runtime.snapshot import FIELDS, Field, fields_of
+from vsr_async.runtime.snapshot import FIELDS, REQUEST_METRIC_FIELDS, Field, fields_of
 from vsr_async.settings import Config, live_keys
 
 NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -102,7 +102,7 @@ VALIDATION_REQUEST = {
         "status": {"enum": ["queued", "running", "done", "failed"]},
         "trigger": {"enum": ["schedule", "keyboard", "web"]},
         "step": NULLABLE_INT,
-        "metrics": {"type": ["object", "null"]},
+        "metrics": {**object_schema(REQUEST_METRIC_FIELDS), "type": ["object", "null"]},
         "statistics_file": NULLABLE_STRING,
         "statistics_error": NULLABLE_STRING,
         "error": NULLABLE_STRING,

@@ -14,18 +14,6 @@ from vsr_async.runtime.store import StatsStore
 
 log = logging.getLogger(__name__)
 
-# The snapshot's validation numbers that a finished validation request reports.
-REQUEST_METRICS = (
-    "quality_lr_value",
-    "quality_ki_value",
-    "quality_improvement_value",
-    "psnr_lr_db",
-    "psnr_ki_db",
-    "ssim_lr",
-    "ssim_ki",
-    "validation_loss_value",
-)
-
 
 class RunPublisher:
     def __init__(self, store: StatsStore, tensorboard: TensorBoardLogger) -> None:

@@ -23,9 +23,10 @@ from vsr_async.runtime.commands import Phase, RequestStatus, Trigger, Validation
 from vsr_async.runtime.hooks import RunHook, RunHooks
 from vsr_async.runtime.live_config import check_live_changes, live_values
 from vsr_async.runtime.producers import CommandProducers
-from vsr_async.runtime.publish import REQUEST_METRICS, RunPublisher
+from vsr_async.runtime.publish import RunPublisher
 from vsr_async.runtime.requests import RequestRegistry, fail_future, settle
 from vsr_async.runtime.signals import StopSignals
+from vsr_async.runtime.snapshot import request_metrics
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.worker import GpuWorker
 
@@ -284,7 +285,7 @@ class Supervisor(CommandProducers):
         self.publisher.validation_logged(step, result, trigger.value)
         await self.hooks.validated(step, result, improved)
         if request is not None:
-            metrics = {k: snapshot[k] for k in REQUEST_METRICS}
+            metrics = request_metrics(snapshot)
             self.hooks.spawn(self.registry.finish(request, step, metrics, written))
 
     # --- shutdown ------------------------------------------------------------------------------
