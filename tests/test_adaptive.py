@@ -16,6 +16,8 @@ import torch
 from vsr_async.records import AdaptiveReport, LossWeights
 from vsr_async.settings import build_config
 from vsr_async.training.adaptive import MIN_CLIP_SAMPLES, AdaptiveSystem
+from vsr_async.training.adaptive_clip import AdaptiveClip
+from vsr_async.training.adaptive_weights import AdaptiveWeights
 from vsr_async.training.schedule import LRSchedule
 
 CADENCE = 10  # the engine's LOG_TBOARD_EVERY in these tests
@@ -564,10 +566,15 @@ def same_state(a: Any, b: Any) -> bool:
 
 
 def own_state(system: AdaptiveSystem) -> dict[str, Any]:
-    """Every attribute that is state (not the config, the schedule or the event log)."""
-    skip = {"config", "schedule", "device", "_events", "_last_mode", "_weights"}
-    state = {k: v for k, v in vars(system).items() if k not in skip}
-    state["_multipliers"] = list(state["_multipliers"].values())
+    """Every attribute that is state (not the config, the schedule or the event log), the
+    attributes of its parts (the adaptive weights and clip) included."""
+    skip = {"config", "schedule", "device", "_events", "_last_mode", "weights"}
+    state: dict[str, Any] = {}
+    for part in (system, system._weighting, system._clip):
+        prefix = "" if part is system else f"{type(part).__name__}."
+        for k, v in vars(part).items():
+            if k not in skip and not isinstance(v, AdaptiveWeights | AdaptiveClip):
+                state[prefix + k] = list(v.values()) if isinstance(v, dict) else v
     return state
 
 
