@@ -7,95 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import math
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from vsr_async.files.statistics import statistics_name
 from vsr_async.names import display_name
 from vsr_async.records import StepResult, StepStats, ValidationResult
+from vsr_async.runtime.json_values import (
+    finite_or_none,
+    format_duration,
+    utc_now_iso,
+    with_display_names,
+)
+from vsr_async.runtime.run_state import Progress, Timing, ValidationState
 from vsr_async.runtime.snapshot import SCHEMA_VERSION, Snapshot, image_entry
 
 HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
-
-
-def utc_now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def format_duration(seconds: float | None) -> str | None:
-    """`1d 02:03:04` / `02:03:04`; None while unknown (no step timed yet)."""
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    seconds = max(0, round(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{days}d {clock}" if days else clock
-
-
-def finite_or_none(value: Any) -> Any:
-    """Deep copy of JSON-ready data with NaN/Infinity replaced by None (strict JSON) and every
-    string valid UTF-8 (a file name of any bytes is shown escaped, never breaks a write)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return display_name(value)
-    if isinstance(value, dict):
-        return {finite_or_none(k): finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_none(v) for v in value]
-    return copy.deepcopy(value)
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    step_max: int = 0
-    epoch: int = 0
-    epoch_step: int = 0
-    epoch_steps_total: int = 0
-    learning_rate: float | None = None
-    lr_phase: str | None = None
-
-
-@dataclass
-class Timing:
-    """Training-step time only: validation and pauses are not steps (ETA must not count them)."""
-
-    window: deque[float] = field(default_factory=lambda: deque(maxlen=50))
-    last_step_at: float | None = None
-
-    def step_done(self, now: float) -> None:
-        if self.last_step_at is not None:
-            self.window.append(now - self.last_step_at)
-        self.last_step_at = now
-
-    def interrupt(self) -> None:
-        """A pause or validation: the next step's duration starts when training resumes."""
-        self.last_step_at = None
-
-    @property
-    def seconds_per_step(self) -> float | None:
-        return sum(self.window) / len(self.window) if self.window else None
-
-
-@dataclass
-class ValidationState:
-    result: ValidationResult | None = None
-    step: int | None = None
-    trigger: str | None = None
-    count: int = 0
-    validated_at: str | None = None
-    running: bool = False
-    progress: float = 0.0
-    best_quality: float | None = None
-    best_step: int | None = None
 
 
 class StatsStore:
@@ -374,9 +302,3 @@ class StatsStore:
         return finite_or_none(
             {"loss": list(self.loss_history), "quality": list(self.quality_history)}
         )
-
-
-def with_display_names(result: ValidationResult) -> ValidationResult:
-    """The result with its image names valid UTF-8 (escaped where a file name was not)."""
-    images = tuple(replace(m, name=display_name(m.name)) for m in result.images)
-    return replace(result, images=images)
