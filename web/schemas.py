@@ -1,4 +1,5 @@
-"""JSON Schemas of the API's bodies, for the OpenAPI document (`openapi.py`).
+"""JSON Schemas of the API's bodies, for the OpenAPI document (`openapi.py`, which lays out the
+routes that answer with them).
 
 The snapshot schema is derived from the snapshot's one definition (`vsr_async/runtime/snapshot.py`):
 every contract key (DESIGN §3) with its JSON type, bounds and meaning, so a fuzzing run checks the
@@ -94,7 +95,7 @@ QUALITY_POINT = {
         },
     },
 }
-VALIDATION_REQUEST = {
+VALIDATION_REQUEST: dict[str, Any] = {
     "type": "object",
     "required": ["request_id", "status", "trigger"],
     "properties": {
@@ -108,10 +109,48 @@ VALIDATION_REQUEST = {
         "error": NULLABLE_STRING,
     },
 }
-COMMAND_ACCEPTED = {
+COMMAND_ACCEPTED: dict[str, Any] = {
     "type": "object",
     "required": ["command", "status"],
     "properties": {"command": {"type": "string"}, "status": {"const": "queued"}},
+}
+# What GET /api/requests/{id} answers: `kind` tells a validation from a config change.
+REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ValidationRequest": {
+        **VALIDATION_REQUEST,
+        "required": [*VALIDATION_REQUEST["required"], "kind"],
+        "properties": {**VALIDATION_REQUEST["properties"], "kind": {"const": "validation"}},
+    },
+    "ConfigRequest": {
+        "type": "object",
+        "required": ["request_id", "kind", "status", "changes", "applied", "step", "error"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "kind": {"const": "config"},
+            "status": {"enum": ["queued", "running", "done", "failed"]},
+            "changes": {"type": "object", "description": "as accepted (normalized values)"},
+            "applied": {
+                "type": ["object", "null"],
+                "description": "the values in force after it applied (status done)",
+            },
+            "step": {
+                "type": ["integer", "null"],
+                "description": "the step after which it applied or failed",
+            },
+            "error": {"type": ["string", "null"], "description": "why it failed (also logged)"},
+        },
+    },
+}
+CONFIG_ACCEPTED: dict[str, Any] = {
+    "type": "object",
+    "required": ["command", "status", "request_id", "url", "changes"],
+    "properties": {
+        **COMMAND_ACCEPTED["properties"],
+        "request_id": {"type": "string"},
+        "url": {"type": "string", "description": "/api/requests/<request_id>"},
+        "changes": {"type": "object"},
+        "applies": {"type": "string"},
+    },
 }
 STATISTICS_LIST = {
     "type": "object",
