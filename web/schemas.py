@@ -14,6 +14,7 @@ import typing
 from types import NoneType
 from typing import Any
 
+from vsr_async.records import LossMeans
 from vsr_async.runtime.snapshot import FIELDS, REQUEST_METRIC_FIELDS, Field, fields_of
 from vsr_async.settings import Config, live_keys
 
@@ -70,9 +71,7 @@ LOSS_POINT = {
     "properties": {
         "step": {"type": "integer"},
         "learning_rate": NULLABLE_NUMBER,
-        **{
-            k: NULLABLE_NUMBER for k in ("total", "l1", "ms", "gradient", "perceptual", "grad_norm")
-        },
+        **{k: NULLABLE_NUMBER for k in (*LossMeans._fields, "grad_norm")},  # total, each term
     },
 }
 QUALITY_POINT = {

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict, cast
 
-from vsr_async.records import AdaptiveMode, ImageMetrics
+from vsr_async.records import AdaptiveMode, ImageMetrics, LossTerm
 from vsr_async.runtime.commands import Phase
 
 SCHEMA_VERSION = 1  # `schema_version`: bump it when a key is renamed or removed or changes type
@@ -125,18 +125,20 @@ class Snapshot(TypedDict):
     lr_phase_name: Annotated[str | None, Key("Phase of the learning-rate schedule.")]
     # losses: window means at the logging cadence (total weighted, components unweighted)
     total_loss_value: Annotated[float | None, Key("Total training loss.", LOSS("total"))]
-    l1_loss_value: Annotated[float | None, Key("L1 loss.", LOSS("l1"))]
-    ms_loss_value: Annotated[float | None, Key("Multi-scale loss.", LOSS("ms"))]
-    gradient_loss_value: Annotated[float | None, Key("Gradient loss.", LOSS("gradient"))]
-    perceptual_loss_value: Annotated[float | None, Key("Perceptual loss.", LOSS("perceptual"))]
+    l1_loss_value: Annotated[float | None, Key("L1 loss.", LOSS(LossTerm.L1))]
+    ms_loss_value: Annotated[float | None, Key("Multi-scale loss.", LOSS(LossTerm.MS))]
+    gradient_loss_value: Annotated[float | None, Key("Gradient loss.", LOSS(LossTerm.GRADIENT))]
+    perceptual_loss_value: Annotated[
+        float | None, Key("Perceptual loss.", LOSS(LossTerm.PERCEPTUAL))
+    ]
     # weights
-    l1_weight_current: Annotated[float | None, Key("Weight of the L1 loss.", WEIGHT("l1"))]
-    ms_weight_current: Annotated[float | None, Key("Weight of the MS loss.", WEIGHT("ms"))]
+    l1_weight_current: Annotated[float | None, Key("Weight of the L1 loss.", WEIGHT(LossTerm.L1))]
+    ms_weight_current: Annotated[float | None, Key("Weight of the MS loss.", WEIGHT(LossTerm.MS))]
     gradient_weight_current: Annotated[
-        float | None, Key("Weight of the gradient loss.", WEIGHT("gradient"))
+        float | None, Key("Weight of the gradient loss.", WEIGHT(LossTerm.GRADIENT))
     ]
     perceptual_weight_current: Annotated[
-        float | None, Key("Weight of the perceptual loss.", WEIGHT("perceptual"))
+        float | None, Key("Weight of the perceptual loss.", WEIGHT(LossTerm.PERCEPTUAL))
     ]
     gradient_clip_val: Annotated[
         float | None, Key("Gradient-norm clip in use.", gauge("vsr_gradient_clip"))
