@@ -16,6 +16,8 @@ import torch
 from vsr_async.records import AdaptiveReport, LossWeights
 from vsr_async.settings import build_config
 from vsr_async.training.adaptive import MIN_CLIP_SAMPLES, AdaptiveSystem
+from vsr_async.training.adaptive_clip import AdaptiveClip
+from vsr_async.training.adaptive_weights import AdaptiveWeights
 from vsr_async.training.schedule import LRSchedule
 
 CADENCE = 10  # the engine's LOG_TBOARD_EVERY in these tests
@@ -218,7 +220,7 @@ def test_blur_raises_ms_and_gradient_lowers_l1_within_the_per_update_limit() -> 
     (step, before, after), *_ = drive.weight_changes()
     assert step == 150  # first update in Stable, a full window of data
     assert after.ms == pytest.approx(0.2 * 1.1)
-    assert after.grad == pytest.approx(0.1 * 1.1)
+    assert after.gradient == pytest.approx(0.1 * 1.1)
     assert after.l1 == pytest.approx(1.0 * 0.9)
     assert after.perceptual == before.perceptual == 0.0  # perceptual loss off
     assert events_with(system, "sharpness 0.800 (blurry)")
@@ -261,7 +263,7 @@ def test_cooldown_spaces_moves_and_is_reported() -> None:
     assert not reports[140].is_cooldown and reports[140].cooldown_remaining == 0
     for _, before, after in drive.weight_changes():  # the per-update limit, on every move
         assert abs(after.ms - before.ms) <= 0.1 * 0.2 + 1e-12
-        assert abs(after.grad - before.grad) <= 0.1 * 0.1 + 1e-12
+        assert abs(after.gradient - before.gradient) <= 0.1 * 0.1 + 1e-12
         assert abs(after.l1 - before.l1) <= 0.1 * 1.0 + 1e-12
 
 
@@ -288,12 +290,12 @@ def test_floors_and_ceilings_hold() -> None:
     system, schedule = make()
     drive = Driver(system, schedule)
     drive.run(2000, sharpness=0.5)  # blurry for long: ms/grad to their ceiling, L1 to its floor
-    assert system.weights == LossWeights(l1=0.5, ms=0.2 * 2.0, grad=0.1 * 2.0, perceptual=0.0)
+    assert system.weights == LossWeights(l1=0.5, ms=0.2 * 2.0, gradient=0.1 * 2.0, perceptual=0.0)
     assert min(w.l1 for _, w, _, _ in drive.updates) == pytest.approx(0.5)  # never below
     drive.run(3000, sharpness=1.6)  # oversharp for long: ms/grad to their floor, L1 to target
     assert system.weights.l1 == pytest.approx(1.0)
     assert system.weights.ms == pytest.approx(0.2 * 0.25)
-    assert system.weights.grad == pytest.approx(0.1 * 0.25)
+    assert system.weights.gradient == pytest.approx(0.1 * 0.25)
     assert max(w.l1 for _, w, _, _ in drive.updates) == pytest.approx(1.0)  # never above
     assert min(w.ms for _, w, _, _ in drive.updates) == pytest.approx(0.05)
     drive.run(200, sharpness=1.6)
@@ -564,10 +566,15 @@ def same_state(a: Any, b: Any) -> bool:
 
 
 def own_state(system: AdaptiveSystem) -> dict[str, Any]:
-    """Every attribute that is state (not the config, the schedule or the event log)."""
-    skip = {"config", "schedule", "device", "_events", "_last_mode", "_weights"}
-    state = {k: v for k, v in vars(system).items() if k not in skip}
-    state["_multipliers"] = list(state["_multipliers"].values())
+    """Every attribute that is state (not the config, the schedule or the event log), the
+    attributes of its parts (the adaptive weights and clip) included."""
+    skip = {"config", "schedule", "device", "_events", "_last_mode", "weights"}
+    state: dict[str, Any] = {}
+    for part in (system, system._weighting, system._clip):
+        prefix = "" if part is system else f"{type(part).__name__}."
+        for k, v in vars(part).items():
+            if k not in skip and not isinstance(v, AdaptiveWeights | AdaptiveClip):
+                state[prefix + k] = list(v.values()) if isinstance(v, dict) else v
     return state
 
 
@@ -639,9 +646,9 @@ def test_apply_config_moves_the_anchor_and_applies_bounds_at_once() -> None:
     system, schedule = make()
     drive = Driver(system, schedule)
     drive.run(160, sharpness=0.8)
-    assert system.weights.grad == pytest.approx(0.1 * 1.1)
+    assert system.weights.gradient == pytest.approx(0.1 * 1.1)
     system.apply_config(system.config.replace({"GRAD_WEIGHT": 0.3}))
-    assert system.weights.grad == pytest.approx(0.3 * 1.1)  # same multiplier, new anchor
+    assert system.weights.gradient == pytest.approx(0.3 * 1.1)  # same multiplier, new anchor
     system.apply_config(system.config.replace({"ADAPTIVE_L1_FLOOR": 0.95}))
     assert system.weights.l1 == pytest.approx(0.95)  # the new floor holds at once
     system.apply_config(system.config.replace({"ADAPTIVE_LOSS_WEIGHTS": False}))
@@ -684,5 +691,5 @@ def test_every_report_field_moves(vgg_file: str) -> None:
     for name in AdaptiveReport.__dataclass_fields__:
         assert len({getattr(r, name) for r in reports}) > 1, name
     assert len({clip for _, _, clip, _ in drive.updates}) > 1
-    for term in ("l1", "ms", "grad", "perceptual"):
+    for term in ("l1", "ms", "gradient", "perceptual"):
         assert len({getattr(w, term) for _, w, _, _ in drive.updates}) > 1, term

@@ -14,7 +14,7 @@ from rich.console import Console
 from vsr_async.runtime.commands import Trigger
 from vsr_async.runtime.store import StatsStore
 from vsr_async.terminal.dashboard import MAX_FRAMES_PER_S, Dashboard
-from vsr_async.terminal.frame import MISSING
+from vsr_async.terminal.formatting import MISSING
 
 # The snapshot keys the dashboard shows; each one that is None shows exactly one MISSING.
 SHOWN_KEYS = (

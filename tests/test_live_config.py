@@ -36,13 +36,9 @@ import pytest_asyncio
 from helpers import TINY_SETTINGS, wait_until
 from web_helpers import LiveRun, next_event, read_events, running_panel, web_config
 
-from vsr_async.errors import ConfigError
+from vsr_async.errors import ConfigError, LiveConfigConflict, StartOnlyKeyError
 from vsr_async.runtime import hooks, live_config
-from vsr_async.runtime.live_config import (
-    LiveConfigConflict,
-    StartOnlyKeyError,
-    check_against_pending,
-)
+from vsr_async.runtime.live_config import check_against_pending
 from vsr_async.settings import build_config
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the module-scoped run's loop

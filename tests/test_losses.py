@@ -14,7 +14,7 @@ from skimage import data
 from torch import nn
 
 from vsr_async.errors import ConfigError
-from vsr_async.nn.losses import TERM_NAMES, LossComputer, LossWeights, sharpness_ratio
+from vsr_async.nn.losses import LossComputer, LossTerm, LossWeights, sharpness_ratio
 from vsr_async.nn.perceptual import VGGPerceptual, load_perceptual
 from vsr_async.settings import Config
 
@@ -77,8 +77,8 @@ def _photo_pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 def test_terms_match_hand_written_references() -> None:
     g = torch.Generator().manual_seed(1)
     sr, gt = torch.rand(2, 3, 16, 24, generator=g), torch.rand(2, 3, 16, 24, generator=g)
-    total, terms = LossComputer()(sr, gt, LossWeights(l1=1.0, ms=0.0, grad=0.0))
-    assert TERM_NAMES == ("l1", "ms", "gradient", "perceptual")
+    total, terms = LossComputer()(sr, gt, LossWeights(l1=1.0, ms=0.0, gradient=0.0))
+    assert tuple(LossTerm) == ("l1", "ms", "gradient", "perceptual")
     assert terms.shape == (4,) and terms.dtype == torch.float32 and total.shape == ()
 
     a, b = sr.double().numpy(), gt.double().numpy()
@@ -102,7 +102,7 @@ def test_total_is_the_weighted_sum_and_follows_new_weights() -> None:
     loss = LossComputer()
     for w in (LossWeights(1.0, 0.5, 0.25, 0.0), LossWeights(0.2, 2.0, 0.0, 0.0)):
         total, terms = loss(sr, gt, w)
-        expected = w.l1 * terms[0] + w.ms * terms[1] + w.grad * terms[2]
+        expected = w.l1 * terms[0] + w.ms * terms[1] + w.gradient * terms[2]
         assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert total.requires_grad and not terms.requires_grad  # terms are for logging only
 
@@ -142,7 +142,7 @@ def test_shape_mismatch_is_an_error() -> None:
 
 def test_loss_weights_are_frozen_and_come_from_config() -> None:
     weights = LossWeights.from_config(Config(L1_WEIGHT=0.5, MS_WEIGHT=0.25, GRAD_WEIGHT=0.1))
-    assert weights == LossWeights(l1=0.5, ms=0.25, grad=0.1, perceptual=0.0)
+    assert weights == LossWeights(l1=0.5, ms=0.25, gradient=0.1, perceptual=0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         weights.l1 = 2.0  # type: ignore[misc]
 

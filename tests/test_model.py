@@ -239,7 +239,7 @@ def test_tiny_model_learns_one_real_batch() -> None:
     torch.manual_seed(0)
     model = VSRNet(n_feats=32, n_blocks=2, num_frames=3, scale=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn, weights = LossComputer(), LossWeights(l1=1.0, ms=0.0, grad=0.0, perceptual=0.0)
+    loss_fn, weights = LossComputer(), LossWeights(l1=1.0, ms=0.0, gradient=0.0, perceptual=0.0)
     lr, gt = _real_clip(3, 16, 2)
     losses = []
     for _ in range(50):

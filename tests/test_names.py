@@ -30,8 +30,8 @@ from vsr_async.errors import DatasetError
 from vsr_async.files import statistics
 from vsr_async.files.statistics import StatisticsWriter, serialize_snapshot
 from vsr_async.names import display_name, displayable, undecodable_names
+from vsr_async.runtime.json_values import finite_or_none
 from vsr_async.runtime.launch import Run
-from vsr_async.runtime.store import finite_or_none
 
 BAD = os.fsdecode(b"\xff\xfe.png")  # '\udcff\udcfe.png': os.fsdecode's surrogate escapes
 SHOWN = "\\xff\\xfe"  # how the panel, Statistik files and `check` show it

@@ -104,7 +104,7 @@ def test_oom_halves_the_micro_batch_and_trains_on_like_a_run_started_smaller(
         assert torch.equal(a["exp_avg"], b["exp_avg"])
         assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
     for got, want in results:  # the window means and layer activity (no double count either)
-        assert got.stats.loss_total == want.stats.loss_total
+        assert got.stats.losses.total == want.stats.losses.total
         assert got.stats.grad_norm == want.stats.grad_norm
         assert got.stats.activity == want.stats.activity
 

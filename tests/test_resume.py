@@ -27,7 +27,8 @@ from vsr_async.files.checkpoints import (
     list_checkpoints,
     load_checkpoint,
 )
-from vsr_async.runtime.launch import build_run, fresh_run_dir, scan_async
+from vsr_async.runtime.launch import build_run, scan_async
+from vsr_async.runtime.run_folder import fresh_run_dir
 from vsr_async.settings import Config
 
 

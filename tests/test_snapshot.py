@@ -9,30 +9,36 @@ import typing
 from types import NoneType, UnionType
 
 from vsr_async.records import (
+    AdaptiveMode,
     AdaptiveReport,
     ImageMetrics,
+    LossMeans,
     LossWeights,
     StepResult,
     StepStats,
     ValidationResult,
 )
-from vsr_async.runtime.snapshot import FIELDS, SNAPSHOT_KEYS, Snapshot, ValidationImage
+from vsr_async.runtime.snapshot import (
+    FIELDS,
+    REQUEST_METRIC_FIELDS,
+    SNAPSHOT_KEYS,
+    Snapshot,
+    ValidationImage,
+    request_metrics,
+)
 from vsr_async.runtime.store import StatsStore
 from web.metrics import EXPORTED
-from web.schemas import SNAPSHOT_SCHEMA
+from web.schemas import SNAPSHOT_SCHEMA, VALIDATION_REQUEST
 
 
 def stats(**changes: typing.Any) -> StepStats:
     values: dict[str, typing.Any] = {
-        "loss_total": 0.5,
-        "loss_l1": 0.1,
-        "loss_ms": 0.2,
-        "loss_gradient": float("nan"),  # non-finite: null in the snapshot
-        "loss_perceptual": 0.3,
+        # gradient non-finite: null in the snapshot
+        "losses": LossMeans(total=0.5, l1=0.1, ms=0.2, gradient=float("nan"), perceptual=0.3),
         "grad_norm": 1.5,
         "weights": LossWeights(1.0, 0.5, 0.2, 0.1),
         "grad_clip": 1.0,
-        "adaptive": AdaptiveReport("Stable", False, 0, 2, True, -0.01),
+        "adaptive": AdaptiveReport(AdaptiveMode.STABLE, False, 0, 2, True, -0.01),
         "activity": {"Backward_Block_01": 0.5, "Final_Fusion": float("inf")},
         "adam_momentum_avg": 1e-4,
         "vram_peak_gb": None,
@@ -151,3 +157,24 @@ def test_the_prometheus_table_is_the_definitions_numeric_keys() -> None:
             assert scalars <= {int, float, bool}, f"{key} is not a number"
     names = {exported.metric.name for exported in EXPORTED}
     assert {"vsr_step", "vsr_loss", "vsr_validations", "vsr_layer_activity"} <= names
+
+
+def test_a_validation_request_reports_the_definitions_request_metrics() -> None:
+    """GET /api/requests/{id} `metrics`: the snapshot keys marked `request_metric`, as the
+    snapshot has them; the key set is part of the HTTP answer, so it is pinned here."""
+    assert {f.name for f in REQUEST_METRIC_FIELDS} == {
+        "quality_lr_value",
+        "quality_ki_value",
+        "quality_improvement_value",
+        "psnr_lr_db",
+        "psnr_ki_db",
+        "ssim_lr",
+        "ssim_ki",
+        "validation_loss_value",
+    }
+    full = stores()["full"].snapshot()
+    metrics, values = request_metrics(full), dict(full)
+    assert metrics == {f.name: values[f.name] for f in REQUEST_METRIC_FIELDS}
+    assert metrics["quality_ki_value"] is not None
+    schema = VALIDATION_REQUEST["properties"]["metrics"]
+    assert schema["type"] == ["object", "null"] and schema["required"] == sorted(metrics)

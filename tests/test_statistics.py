@@ -22,7 +22,7 @@ from vsr_async.files.statistics import (
     serialize_snapshot,
     statistics_step,
 )
-from vsr_async.runtime.store import finite_or_none
+from vsr_async.runtime.json_values import finite_or_none
 
 
 def test_serializer_is_strict_utf8_json() -> None:

@@ -28,8 +28,8 @@ import pytest
 from helpers import LOG_STEP, REPO, TINY_SETTINGS, write_toml
 
 from vsr_async.data import skipping
-from vsr_async.data.images import ProcessResourceError
 from vsr_async.data.loader import _error_from_worker
+from vsr_async.errors import ProcessResourceError
 from web.limits import os_error_name
 
 FD_LIMIT = 256  # the child's RLIMIT_NOFILE: the panel may hold a quarter (64 connections)
@@ -275,7 +275,7 @@ import torch
 from helpers import TINY_SETTINGS
 from vsr_async.settings import build_config
 from vsr_async.data import skipping
-from vsr_async.data.images import ProcessResourceError
+from vsr_async.errors import ProcessResourceError
 from vsr_async.runtime.launch import scan
 from vsr_async.data.loader import build_datasets
 

@@ -1,11 +1,13 @@
 """User-facing failures: each knows the one line the user reads; `__main__` prints it and exits 1.
 
-Anything that is not a `VsrError` is a bug and keeps its traceback.
+Anything that is not a `VsrError` is a bug and keeps its traceback. Every exception that one layer
+raises and another catches lives here, so that neither has to import the other to name it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vsr_async.names import display_name
 
@@ -74,6 +76,95 @@ class PortInUseError(VsrError):
             f"cannot start the web panel on {host}:{port}: {reason} "
             "(pick another port with --port N, or --no-web)"
         )
+
+
+class ProcessResourceError(VsrError):
+    """A read failed because this process (or the machine) is out of file descriptors or memory.
+
+    Not the file's fault: it is never counted as a broken file nor blamed on the dataset; the
+    reader waits for the resource to come back (SkippingDataset) and only then gives up.
+    """
+
+    SUFFIX = "; the file itself is not at fault"
+
+    def __init__(self, path: Path | str, what: str) -> None:
+        self.path, self.what = Path(path), what  # `what` has no ": " (see from_message)
+        super().__init__(f"cannot read {self.path}: {what}{self.SUFFIX}")
+
+    @classmethod
+    def from_message(cls, message: str) -> ProcessResourceError:
+        """Rebuilt from str(error), as it arrives from a DataLoader worker."""
+        path, _, what = (
+            message.removeprefix("cannot read ").removesuffix(cls.SUFFIX).rpartition(": ")
+        )
+        return cls(path, what)
+
+
+# --- live configuration changes (PATCH /api/config) -------------------------------------------
+
+
+def describe_changes(changes: dict[str, Any]) -> str:
+    """`MIN_LR=0.0001, MAX_LR=5e-05`: how log lines and messages name a change."""
+    return ", ".join(f"{key}={value!r}" for key, value in changes.items())
+
+
+class LiveConfigConflict(ConfigError):
+    """A change that fits the applied config but not the changes accepted before it."""
+
+    def __init__(self, error: ConfigError, pending_changes: list[tuple[str, dict[str, Any]]]):
+        self.error = error
+        self.pending_changes = pending_changes
+        pending = "; ".join(
+            f"{describe_changes(changes)} (request {request_id})"
+            for request_id, changes in pending_changes
+        )
+        super().__init__(
+            "",
+            f"{error}: conflicts with a change accepted but not applied yet: {pending}; send "
+            "the keys together in one request, or wait until that one has applied",
+        )
+        self.key = error.key
+
+
+class ConfigChangeFailed(ConfigError):
+    """An accepted change that could not be applied at the step boundary: none of it applied."""
+
+    def __init__(self, changes: dict[str, Any], reason: str) -> None:
+        self.changes = changes
+        self.reason = reason
+        super().__init__(
+            "",
+            f"config change {describe_changes(changes)} failed: {reason}; the previous values stay",
+        )
+
+
+class StartOnlyKeyError(ConfigError):
+    """A key that only applies when a run starts (model shape, data, device…)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        others = f" (also {', '.join(keys[1:])})" if len(keys) > 1 else ""
+        super().__init__(
+            keys[0],
+            f"only applies at start{others}; change it in the config file and restart (with "
+            "--resume auto to continue from the last checkpoint)",
+        )
+
+
+# --- not the user's doing: outcomes the runtime reports to whoever asked -------------------------
+
+
+class CommandNotAvailable(Exception):
+    """A command this run cannot carry out (e.g. a checkpoint before checkpoints exist, or any
+    command once the run is stopping). The keyboard and the web panel show it; not a VsrError."""
+
+
+class ValidationInterrupted(Exception):
+    """A stop arrived while validating: the remaining images are skipped (no partial results)."""
+
+    def __init__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        super().__init__(f"validation interrupted after {done} of {total} images")
 
 
 def one_line(text: str) -> str:

@@ -5,9 +5,10 @@ Kept free of torch so the store, the web layer and the dashboard import it cheap
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field
 from statistics import fmean
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -26,14 +27,25 @@ class LossTargets(Protocol):
     def PERCEPTUAL_WEIGHT(self) -> float: ...
 
 
+class LossTerm(enum.StrEnum):
+    """The training loss's terms, named as every outside name spells them (`gradient_loss_value`,
+    the history's `gradient`, `Loss/Gradient`). Their order is the order of every tensor, tuple
+    and list of per-term values (the loss's terms, the adaptive state's multipliers)."""
+
+    L1 = "l1"
+    MS = "ms"
+    GRADIENT = "gradient"
+    PERCEPTUAL = "perceptual"
+
+
 @dataclass(frozen=True, slots=True)
 class LossWeights:
-    """Current weight of each loss term; a new object per change (the adaptive system moves
-    them around the config's targets)."""
+    """Current weight of each loss term (fields named as `LossTerm`); a new object per change
+    (the adaptive system moves them around the config's targets)."""
 
     l1: float = 1.0
     ms: float = 0.0
-    grad: float = 0.0
+    gradient: float = 0.0
     perceptual: float = 0.0
 
     @classmethod
@@ -42,16 +54,41 @@ class LossWeights:
         return cls(
             l1=config.L1_WEIGHT,
             ms=config.MS_WEIGHT,
-            grad=config.GRAD_WEIGHT,
+            gradient=config.GRAD_WEIGHT,
             perceptual=config.PERCEPTUAL_WEIGHT,
         )
+
+    def of(self, term: LossTerm) -> float:
+        return float(getattr(self, term.value))
+
+
+class LossMeans(NamedTuple):
+    """A logging window's means: the weighted total, then each term unweighted (`LossTerm`
+    order, so `LossMeans(*tensor.tolist())` reads a [5] tensor laid out the same way)."""
+
+    total: float
+    l1: float
+    ms: float
+    gradient: float
+    perceptual: float
+
+
+class AdaptiveMode(enum.StrEnum):
+    """The adaptive system's mode (`adaptive_mode`); the order is TensorBoard's `Adaptive/Mode`
+    index."""
+
+    OFF = "Off"  # ADAPTIVE_LOSS_WEIGHTS and ADAPTIVE_GRAD_CLIP both false: nothing moves
+    WARMUP = "Warmup"  # step < WARMUP_STEPS
+    SETTLING = "Settling"  # after warmup, a resume or a safety reset: no weight or plateau moves
+    STABLE = "Stable"
+    AGGRESSIVE = "Aggressive"  # a plateau is detected; left when progress resumes
 
 
 @dataclass(frozen=True)
 class AdaptiveReport:
     """The adaptive system's state as the panel shows it (all computed, none constant)."""
 
-    mode: str  # Off, Warmup, Settling, Stable, Aggressive
+    mode: AdaptiveMode
     is_cooldown: bool
     cooldown_remaining: int
     plateau_counter: int
@@ -63,11 +100,7 @@ class AdaptiveReport:
 class StepStats:
     """Numbers read off the device at the logging cadence (the only per-step sync point)."""
 
-    loss_total: float  # window means of the weighted total and the unweighted components
-    loss_l1: float
-    loss_ms: float
-    loss_gradient: float
-    loss_perceptual: float
+    losses: LossMeans  # window means of the weighted total and the unweighted terms
     grad_norm: float
     weights: LossWeights
     grad_clip: float

@@ -14,10 +14,15 @@ from typing import Any
 
 from aiohttp import web
 
-from vsr_async.errors import ConfigError
+from vsr_async.errors import (
+    CommandNotAvailable,
+    ConfigError,
+    LiveConfigConflict,
+    StartOnlyKeyError,
+)
 from vsr_async.runtime.commands import Phase, Trigger
-from vsr_async.runtime.live_config import LiveConfigConflict, StartOnlyKeyError, live_values
-from vsr_async.runtime.supervisor import CommandNotAvailable, Supervisor
+from vsr_async.runtime.live_config import live_values
+from vsr_async.runtime.supervisor import Supervisor
 from vsr_async.settings import Config, describe_type, field_docs, live_keys
 from web.keys import EVENTS, SUPERVISOR
 from web.middlewares import ApiError

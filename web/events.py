@@ -21,7 +21,8 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from vsr_async.runtime.commands import ValidationRequest
-from vsr_async.runtime.store import StatsStore, finite_or_none
+from vsr_async.runtime.json_values import finite_or_none
+from vsr_async.runtime.store import StatsStore
 
 MAX_QUEUED_EVENTS = 500  # per client; beyond this the client is dropped (it reconnects)
 RECENT_LOG_LINES = 100  # replayed to a new tab

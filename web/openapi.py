@@ -10,53 +10,15 @@ from typing import Any
 from web.handlers import STATIC_FILES
 from web.schemas import (
     COMMAND_ACCEPTED,
+    CONFIG_ACCEPTED,
     LOSS_POINT,
     QUALITY_POINT,
+    REQUEST_SCHEMAS,
     SNAPSHOT_SCHEMA,
     STATISTICS_LIST,
     STRIPS,
-    VALIDATION_REQUEST,
     config_change_schema,
 )
-
-# What GET /api/requests/{id} answers: `kind` tells a validation from a config change.
-REQUEST_SCHEMAS = {
-    "ValidationRequest": {
-        **VALIDATION_REQUEST,
-        "required": [*VALIDATION_REQUEST["required"], "kind"],
-        "properties": {**VALIDATION_REQUEST["properties"], "kind": {"const": "validation"}},
-    },
-    "ConfigRequest": {
-        "type": "object",
-        "required": ["request_id", "kind", "status", "changes", "applied", "step", "error"],
-        "properties": {
-            "request_id": {"type": "string"},
-            "kind": {"const": "config"},
-            "status": {"enum": ["queued", "running", "done", "failed"]},
-            "changes": {"type": "object", "description": "as accepted (normalized values)"},
-            "applied": {
-                "type": ["object", "null"],
-                "description": "the values in force after it applied (status done)",
-            },
-            "step": {
-                "type": ["integer", "null"],
-                "description": "the step after which it applied or failed",
-            },
-            "error": {"type": ["string", "null"], "description": "why it failed (also logged)"},
-        },
-    },
-}
-CONFIG_ACCEPTED = {
-    "type": "object",
-    "required": ["command", "status", "request_id", "url", "changes"],
-    "properties": {
-        **COMMAND_ACCEPTED["properties"],
-        "request_id": {"type": "string"},
-        "url": {"type": "string", "description": "/api/requests/<request_id>"},
-        "changes": {"type": "object"},
-        "applies": {"type": "string"},
-    },
-}
 
 
 def _json(schema: dict[str, Any] | str, description: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""JSON Schemas of the API's bodies, for the OpenAPI document (`openapi.py`).
+"""JSON Schemas of the API's bodies, for the OpenAPI document (`openapi.py`, which lays out the
+routes that answer with them).
 
 The snapshot schema is derived from the snapshot's one definition (`vsr_async/runtime/snapshot.py`):
 every contract key (DESIGN §3) with its JSON type, bounds and meaning, so a fuzzing run checks the
@@ -13,7 +14,8 @@ import typing
 from types import NoneType
 from typing import Any
 
-from vsr_async.runtime.snapshot import FIELDS, Field, fields_of
+from vsr_async.records import LossMeans
+from vsr_async.runtime.snapshot import FIELDS, REQUEST_METRIC_FIELDS, Field, fields_of
 from vsr_async.settings import Config, live_keys
 
 JsonSchema = dict[str, Any]  # a JSON Schema object; openapi.py takes these apart and extends them
@@ -50,8 +52,8 @@ def property_schema(field: Field) -> JsonSchema:
         schema["minimum"] = key.minimum
     if key.maximum is not None:
         schema["maximum"] = key.maximum
-    if key.enum is not None:
-        schema["enum"] = list(key.enum)
+    if key.enum is not None:  # a nullable key's enum takes null too
+        schema["enum"] = [*key.enum, *([None] if "null" in schema["type"] else [])]
     return schema
 
 
@@ -71,9 +73,7 @@ LOSS_POINT: JsonSchema = {
     "properties": {
         "step": {"type": "integer"},
         "learning_rate": NULLABLE_NUMBER,
-        **{
-            k: NULLABLE_NUMBER for k in ("total", "l1", "ms", "gradient", "perceptual", "grad_norm")
-        },
+        **{k: NULLABLE_NUMBER for k in (*LossMeans._fields, "grad_norm")},  # total, each term
     },
 }
 QUALITY_POINT: JsonSchema = {
@@ -104,7 +104,7 @@ VALIDATION_REQUEST: JsonSchema = {
         "status": {"enum": ["queued", "running", "done", "failed"]},
         "trigger": {"enum": ["schedule", "keyboard", "web"]},
         "step": NULLABLE_INT,
-        "metrics": {"type": ["object", "null"]},
+        "metrics": {**object_schema(REQUEST_METRIC_FIELDS), "type": ["object", "null"]},
         "statistics_file": NULLABLE_STRING,
         "statistics_error": NULLABLE_STRING,
         "error": NULLABLE_STRING,
@@ -114,6 +114,44 @@ COMMAND_ACCEPTED: JsonSchema = {
     "type": "object",
     "required": ["command", "status"],
     "properties": {"command": {"type": "string"}, "status": {"const": "queued"}},
+}
+# What GET /api/requests/{id} answers: `kind` tells a validation from a config change.
+REQUEST_SCHEMAS: dict[str, JsonSchema] = {
+    "ValidationRequest": {
+        **VALIDATION_REQUEST,
+        "required": [*VALIDATION_REQUEST["required"], "kind"],
+        "properties": {**VALIDATION_REQUEST["properties"], "kind": {"const": "validation"}},
+    },
+    "ConfigRequest": {
+        "type": "object",
+        "required": ["request_id", "kind", "status", "changes", "applied", "step", "error"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "kind": {"const": "config"},
+            "status": {"enum": ["queued", "running", "done", "failed"]},
+            "changes": {"type": "object", "description": "as accepted (normalized values)"},
+            "applied": {
+                "type": ["object", "null"],
+                "description": "the values in force after it applied (status done)",
+            },
+            "step": {
+                "type": ["integer", "null"],
+                "description": "the step after which it applied or failed",
+            },
+            "error": {"type": ["string", "null"], "description": "why it failed (also logged)"},
+        },
+    },
+}
+CONFIG_ACCEPTED: JsonSchema = {
+    "type": "object",
+    "required": ["command", "status", "request_id", "url", "changes"],
+    "properties": {
+        **COMMAND_ACCEPTED["properties"],
+        "request_id": {"type": "string"},
+        "url": {"type": "string", "description": "/api/requests/<request_id>"},
+        "changes": {"type": "object"},
+        "applies": {"type": "string"},
+    },
 }
 STATISTICS_LIST: JsonSchema = {
     "type": "object",

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vsr_async.data.listing import os_error_reason
-from vsr_async.errors import DatasetError, VsrError
+from vsr_async.errors import DatasetError, ProcessResourceError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -35,28 +35,6 @@ _DECODE_ERRORS = (
     UnidentifiedImageError,
     Image.DecompressionBombError,
 )
-
-
-class ProcessResourceError(VsrError):
-    """A read failed because this process (or the machine) is out of file descriptors or memory.
-
-    Not the file's fault: it is never counted as a broken file nor blamed on the dataset; the
-    reader waits for the resource to come back (SkippingDataset) and only then gives up.
-    """
-
-    SUFFIX = "; the file itself is not at fault"
-
-    def __init__(self, path: Path | str, what: str) -> None:
-        self.path, self.what = Path(path), what  # `what` has no ": " (see from_message)
-        super().__init__(f"cannot read {self.path}: {what}{self.SUFFIX}")
-
-    @classmethod
-    def from_message(cls, message: str) -> ProcessResourceError:
-        """Rebuilt from str(error), as it arrives from a DataLoader worker."""
-        path, _, what = (
-            message.removeprefix("cannot read ").removesuffix(cls.SUFFIX).rpartition(": ")
-        )
-        return cls(path, what)
 
 
 _RESOURCE_ERRNOS = {

@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vsr_async.records import StepResult, ValidationResult
+from vsr_async.records import AdaptiveMode, StepResult, ValidationResult
 
 log = logging.getLogger(__name__)
 
-MODE_INDEX = {"Off": 0, "Warmup": 1, "Settling": 2, "Stable": 3, "Aggressive": 4}
+MODE_INDEX = {mode: index for index, mode in enumerate(AdaptiveMode)}  # Off 0 … Aggressive 4
 
 
 def step_scalars(result: StepResult, iteration_duration_s: float | None) -> dict[str, float]:
@@ -32,20 +32,20 @@ def step_scalars(result: StepResult, iteration_duration_s: float | None) -> dict
     s = result.stats
     assert s is not None
     scalars = {
-        "Loss/Total": s.loss_total,
-        "Loss/L1": s.loss_l1,
-        "Loss/MS": s.loss_ms,
-        "Loss/Gradient": s.loss_gradient,
-        "Loss/Perceptual": s.loss_perceptual,
+        "Loss/Total": s.losses.total,
+        "Loss/L1": s.losses.l1,
+        "Loss/MS": s.losses.ms,
+        "Loss/Gradient": s.losses.gradient,
+        "Loss/Perceptual": s.losses.perceptual,
         "Training/LearningRate": result.learning_rate,
         "Training/GradNorm": s.grad_norm,
         "Training/GradClip": s.grad_clip,
         "Training/NonFiniteSteps": float(s.nonfinite_steps),
         "Weights/L1": s.weights.l1,
         "Weights/MS": s.weights.ms,
-        "Weights/Gradient": s.weights.grad,
+        "Weights/Gradient": s.weights.gradient,
         "Weights/Perceptual": s.weights.perceptual,
-        "Adaptive/Mode": float(MODE_INDEX.get(s.adaptive.mode, -1)),
+        "Adaptive/Mode": float(MODE_INDEX[s.adaptive.mode]),
         "Adaptive/PlateauCounter": float(s.adaptive.plateau_counter),
         "Adaptive/CooldownRemaining": float(s.adaptive.cooldown_remaining),
         "Adaptive/PerceptualTrend": s.adaptive.perceptual_trend,

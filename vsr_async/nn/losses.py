@@ -10,12 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vsr_async.records import LossWeights
+from vsr_async.records import LossTerm, LossWeights
 
-__all__ = ["TERM_NAMES", "LossComputer", "LossWeights", "sharpness_ratio"]
-
-TERM_NAMES = ("l1", "ms", "gradient", "perceptual")
-"""Order of the unweighted loss terms returned by `LossComputer`."""
+__all__ = ["LossComputer", "LossTerm", "LossWeights", "sharpness_ratio"]
 
 
 def _gradients(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,7 +35,7 @@ def _gradient_l1(sr: Tensor, gt: Tensor) -> Tensor:
 
 
 class LossComputer(nn.Module):
-    """Weighted training loss and its unweighted terms (order `TERM_NAMES`).
+    """Weighted training loss and its unweighted terms (in `LossTerm` order).
 
     Computed in float32 even under autocast: sr and gt are cast first, so small differences do
     not vanish in bf16. The perceptual network itself still runs under the caller's autocast (it
@@ -61,12 +58,12 @@ class LossComputer(nn.Module):
             perceptual = _feature_l1(self.perceptual, sr, gt)
         else:
             perceptual = torch.zeros((), device=sr.device)  # off: no VGG pass at all
-        terms = torch.stack([l1, ms, grad, perceptual])  # [4]
+        terms = torch.stack([l1, ms, grad, perceptual])  # [4], in LossTerm order
         # Python floats multiply eagerly, so a new weight needs no rebuild and no recompile.
         total = (
             weights.l1 * l1
             + weights.ms * ms
-            + weights.grad * grad
+            + weights.gradient * grad
             + weights.perceptual * perceptual
         )
         return total, terms.detach()

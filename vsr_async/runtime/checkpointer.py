@@ -26,7 +26,8 @@ from vsr_async.files.checkpoints import (
     write_checkpoint,
 )
 from vsr_async.runtime.hooks import RunHook
-from vsr_async.runtime.store import StatsStore, utc_now_iso
+from vsr_async.runtime.json_values import utc_now_iso
+from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.worker import GpuWorker
 from vsr_async.settings import Config
 

@@ -14,10 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class CommandNotAvailable(Exception):
-    """A command this run cannot carry out (e.g. a checkpoint before checkpoints exist)."""
-
-
 class Trigger(enum.StrEnum):
     """Who asked for a validation (written to `validation_trigger`)."""
 

@@ -12,7 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vsr_async.errors import ConfigError
+from vsr_async.errors import (
+    ConfigError,
+    LiveConfigConflict,
+    StartOnlyKeyError,
+    describe_changes,
+)
 from vsr_async.files.atomic import write_atomic_async
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.runtime.hooks import RunHook
@@ -65,54 +70,6 @@ def check_against_pending(
         except ConfigError:
             raise error from None  # wrong on its own: the pending changes are not the cause
         raise LiveConfigConflict(error, pending_changes) from None
-
-
-def describe_changes(changes: dict[str, Any]) -> str:
-    """`MIN_LR=0.0001, MAX_LR=5e-05`: how log lines and messages name a change."""
-    return ", ".join(f"{key}={value!r}" for key, value in changes.items())
-
-
-class LiveConfigConflict(ConfigError):
-    """A change that fits the applied config but not the changes accepted before it."""
-
-    def __init__(self, error: ConfigError, pending_changes: list[tuple[str, dict[str, Any]]]):
-        self.error = error
-        self.pending_changes = pending_changes
-        pending = "; ".join(
-            f"{describe_changes(changes)} (request {request_id})"
-            for request_id, changes in pending_changes
-        )
-        super().__init__(
-            "",
-            f"{error}: conflicts with a change accepted but not applied yet: {pending}; send "
-            "the keys together in one request, or wait until that one has applied",
-        )
-        self.key = error.key
-
-
-class ConfigChangeFailed(ConfigError):
-    """An accepted change that could not be applied at the step boundary: none of it applied."""
-
-    def __init__(self, changes: dict[str, Any], reason: str) -> None:
-        self.changes = changes
-        self.reason = reason
-        super().__init__(
-            "",
-            f"config change {describe_changes(changes)} failed: {reason}; the previous values stay",
-        )
-
-
-class StartOnlyKeyError(ConfigError):
-    """A key that only applies when a run starts (model shape, data, device…)."""
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = keys
-        others = f" (also {', '.join(keys[1:])})" if len(keys) > 1 else ""
-        super().__init__(
-            keys[0],
-            f"only applies at start{others}; change it in the config file and restart (with "
-            "--resume auto to continue from the last checkpoint)",
-        )
 
 
 def load_runtime_config(run_dir: Path, config: Config) -> Config:

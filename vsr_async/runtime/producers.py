@@ -9,8 +9,9 @@ import asyncio
 import threading
 from typing import Any
 
+from vsr_async.errors import CommandNotAvailable
 from vsr_async.runtime import commands as cmd
-from vsr_async.runtime.commands import CommandNotAvailable, Phase, Trigger, ValidationRequest
+from vsr_async.runtime.commands import Phase, Trigger, ValidationRequest
 from vsr_async.runtime.requests import RequestRegistry
 from vsr_async.runtime.store import StatsStore
 from vsr_async.settings import Config

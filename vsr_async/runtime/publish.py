@@ -6,8 +6,7 @@ the non-finite-step counters (NAN_LIMIT). The supervisor decides when; nothing h
 from __future__ import annotations
 
 import logging
-import typing
-from typing import Any, Literal
+from typing import Any
 
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.records import StepResult, ValidationResult
@@ -15,20 +14,6 @@ from vsr_async.runtime.store import StatsStore
 from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)
-
-# The snapshot's validation numbers that a finished validation request reports (Literal: a type
-# checker knows them for Snapshot keys).
-RequestMetric = Literal[
-    "quality_lr_value",
-    "quality_ki_value",
-    "quality_improvement_value",
-    "psnr_lr_db",
-    "psnr_ki_db",
-    "ssim_lr",
-    "ssim_ki",
-    "validation_loss_value",
-]
-REQUEST_METRICS: tuple[RequestMetric, ...] = typing.get_args(RequestMetric)
 
 
 class RunPublisher:
@@ -64,7 +49,7 @@ class RunPublisher:
             "step %d/%d  loss %.5f  lr %.2e (%s)  %s",
             result.step,
             config.MAX_STEPS,
-            stats.loss_total,
+            stats.losses.total,
             result.learning_rate,
             result.lr_phase,
             f"{1 / sps:.2f} it/s" if sps else "-- it/s",

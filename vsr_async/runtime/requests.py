@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vsr_async.errors import ConfigError
+from vsr_async.errors import ConfigChangeFailed, ConfigError, describe_changes
 from vsr_async.runtime import commands as cmd
 from vsr_async.runtime.commands import (
     RequestStatus,
@@ -23,12 +23,7 @@ from vsr_async.runtime.commands import (
     ValidationReport,
     ValidationRequest,
 )
-from vsr_async.runtime.live_config import (
-    ConfigChangeFailed,
-    check_against_pending,
-    check_live_changes,
-    describe_changes,
-)
+from vsr_async.runtime.live_config import check_against_pending, check_live_changes
 from vsr_async.settings import Config
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,11 @@ store or knows HTTP.
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict, cast
 
-from vsr_async.records import ImageMetrics
+from vsr_async.records import AdaptiveMode, ImageMetrics, LossTerm
 from vsr_async.runtime.commands import Phase
 
 SCHEMA_VERSION = 1  # `schema_version`: bump it when a key is renamed or removed or changes type
@@ -53,6 +54,7 @@ class Key:
     minimum: float | None = None
     maximum: float | None = None
     enum: tuple[str, ...] | None = None
+    request_metric: bool = False  # a finished validation request reports it (`metrics`)
 
 
 def gauge(name: str, help: str | None = None) -> Metric:
@@ -68,6 +70,11 @@ def counter(name: str) -> Metric:
 def count(doc: str, metric: Metric | None = None) -> Key:
     """A key that counts (steps, files, validations): never negative."""
     return Key(doc, metric, minimum=0)
+
+
+def request_metric(doc: str, metric: Metric | None = None) -> Key:
+    """A number of the latest validation that a finished validation request also reports."""
+    return Key(doc, metric, request_metric=True)
 
 
 LOSS = Family(
@@ -118,18 +125,20 @@ class Snapshot(TypedDict):
     lr_phase_name: Annotated[str | None, Key("Phase of the learning-rate schedule.")]
     # losses: window means at the logging cadence (total weighted, components unweighted)
     total_loss_value: Annotated[float | None, Key("Total training loss.", LOSS("total"))]
-    l1_loss_value: Annotated[float | None, Key("L1 loss.", LOSS("l1"))]
-    ms_loss_value: Annotated[float | None, Key("Multi-scale loss.", LOSS("ms"))]
-    gradient_loss_value: Annotated[float | None, Key("Gradient loss.", LOSS("gradient"))]
-    perceptual_loss_value: Annotated[float | None, Key("Perceptual loss.", LOSS("perceptual"))]
+    l1_loss_value: Annotated[float | None, Key("L1 loss.", LOSS(LossTerm.L1))]
+    ms_loss_value: Annotated[float | None, Key("Multi-scale loss.", LOSS(LossTerm.MS))]
+    gradient_loss_value: Annotated[float | None, Key("Gradient loss.", LOSS(LossTerm.GRADIENT))]
+    perceptual_loss_value: Annotated[
+        float | None, Key("Perceptual loss.", LOSS(LossTerm.PERCEPTUAL))
+    ]
     # weights
-    l1_weight_current: Annotated[float | None, Key("Weight of the L1 loss.", WEIGHT("l1"))]
-    ms_weight_current: Annotated[float | None, Key("Weight of the MS loss.", WEIGHT("ms"))]
+    l1_weight_current: Annotated[float | None, Key("Weight of the L1 loss.", WEIGHT(LossTerm.L1))]
+    ms_weight_current: Annotated[float | None, Key("Weight of the MS loss.", WEIGHT(LossTerm.MS))]
     gradient_weight_current: Annotated[
-        float | None, Key("Weight of the gradient loss.", WEIGHT("gradient"))
+        float | None, Key("Weight of the gradient loss.", WEIGHT(LossTerm.GRADIENT))
     ]
     perceptual_weight_current: Annotated[
-        float | None, Key("Weight of the perceptual loss.", WEIGHT("perceptual"))
+        float | None, Key("Weight of the perceptual loss.", WEIGHT(LossTerm.PERCEPTUAL))
     ]
     gradient_clip_val: Annotated[
         float | None, Key("Gradient-norm clip in use.", gauge("vsr_gradient_clip"))
@@ -138,7 +147,13 @@ class Snapshot(TypedDict):
         float | None, Key("Mean gradient norm over the logging window.", gauge("vsr_grad_norm"))
     ]
     # adaptive: all computed from live state, none constant
-    adaptive_mode: Annotated[str | None, Key("Off, Warmup, Settling, Stable or Aggressive.")]
+    adaptive_mode: Annotated[
+        str | None,
+        Key(
+            f"Adaptive mode: {', '.join(AdaptiveMode)}.",
+            enum=tuple(m.value for m in AdaptiveMode),
+        ),
+    ]
     adaptive_is_cooldown: Annotated[
         bool | None, Key("True while the loss weights' cooldown lasts.")
     ]
@@ -155,15 +170,21 @@ class Snapshot(TypedDict):
         float | None, Key("Perceptual loss trend.", gauge("vsr_adaptive_perceptual_trend"))
     ]
     # quality of the latest validation (fractions 0-1)
-    quality_lr_value: Annotated[float | None, Key("Mean quality of bicubic.", QUALITY("lr"))]
-    quality_ki_value: Annotated[float | None, Key("Mean quality of the output.", QUALITY("ki"))]
+    quality_lr_value: Annotated[
+        float | None, request_metric("Mean quality of bicubic.", QUALITY("lr"))
+    ]
+    quality_ki_value: Annotated[
+        float | None, request_metric("Mean quality of the output.", QUALITY("ki"))
+    ]
     quality_improvement_value: Annotated[
-        float | None, Key("Mean over the images of q_ki - q_lr.", QUALITY("improvement"))
+        float | None,
+        request_metric("Mean over the images of q_ki - q_lr.", QUALITY("improvement")),
     ]
     quality_ki_to_gt_value: Annotated[float | None, Key("Mean of q_ki - 1.")]
     quality_lr_to_gt_value: Annotated[float | None, Key("Mean of q_lr - 1.")]
     validation_loss_value: Annotated[
-        float | None, Key("Mean L1 of the latest validation.", gauge("vsr_validation_loss"))
+        float | None,
+        request_metric("Mean L1 of the latest validation.", gauge("vsr_validation_loss")),
     ]
     best_quality_ever: Annotated[
         float | None, Key("Best output quality so far (0-1).", gauge("vsr_best_quality"))
@@ -248,11 +269,11 @@ class Snapshot(TypedDict):
         int, count("Validations finished in this run.", counter("vsr_validations"))
     ]
     validated_at: Annotated[str | None, Key("When it finished (ISO 8601 UTC).")]
-    psnr_lr_db: Annotated[float | None, Key("Mean PSNR of bicubic.", PSNR("lr"))]
-    psnr_ki_db: Annotated[float | None, Key("Mean PSNR of the output.", PSNR("ki"))]
+    psnr_lr_db: Annotated[float | None, request_metric("Mean PSNR of bicubic.", PSNR("lr"))]
+    psnr_ki_db: Annotated[float | None, request_metric("Mean PSNR of the output.", PSNR("ki"))]
     psnr_gain_db: Annotated[float | None, Key("psnr_ki_db - psnr_lr_db.", PSNR("gain"))]
-    ssim_lr: Annotated[float | None, Key("Mean SSIM of bicubic.", SSIM("lr"))]
-    ssim_ki: Annotated[float | None, Key("Mean SSIM of the output.", SSIM("ki"))]
+    ssim_lr: Annotated[float | None, request_metric("Mean SSIM of bicubic.", SSIM("lr"))]
+    ssim_ki: Annotated[float | None, request_metric("Mean SSIM of the output.", SSIM("ki"))]
     validation_images: Annotated[list[ValidationImage], Key("Per image: PSNR, SSIM, quality.")]
     validation_duration_s: Annotated[
         float | None, Key("Latest validation's time.", gauge("vsr_validation_duration_seconds"))
@@ -290,6 +311,13 @@ def fields_of(typed_dict: type) -> tuple[Field, ...]:
 
 FIELDS = fields_of(Snapshot)
 SNAPSHOT_KEYS: tuple[str, ...] = tuple(f.name for f in FIELDS)
+REQUEST_METRIC_FIELDS = tuple(f for f in FIELDS if f.key.request_metric)
+
+
+def request_metrics(snapshot: Snapshot) -> dict[str, Any]:
+    """The `metrics` of a finished validation request: its numbers, as the snapshot has them."""
+    values = cast(Mapping[str, Any], snapshot)
+    return {f.name: values[f.name] for f in REQUEST_METRIC_FIELDS}
 
 
 def image_entry(image: ImageMetrics) -> ValidationImage:

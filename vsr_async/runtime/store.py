@@ -7,95 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import math
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from vsr_async.files.statistics import statistics_name
 from vsr_async.names import display_name
 from vsr_async.records import StepResult, StepStats, ValidationResult
+from vsr_async.runtime.json_values import (
+    finite_or_none,
+    format_duration,
+    utc_now_iso,
+    with_display_names,
+)
+from vsr_async.runtime.run_state import Progress, Timing, ValidationState
 from vsr_async.runtime.snapshot import SCHEMA_VERSION, Snapshot, image_entry
 
 HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
-
-
-def utc_now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def format_duration(seconds: float | None) -> str | None:
-    """`1d 02:03:04` / `02:03:04`; None while unknown (no step timed yet)."""
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    seconds = max(0, round(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{days}d {clock}" if days else clock
-
-
-def finite_or_none(value: Any) -> Any:
-    """Deep copy of JSON-ready data with NaN/Infinity replaced by None (strict JSON) and every
-    string valid UTF-8 (a file name of any bytes is shown escaped, never breaks a write)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return display_name(value)
-    if isinstance(value, dict):
-        return {finite_or_none(k): finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_none(v) for v in value]
-    return copy.deepcopy(value)
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    step_max: int = 0
-    epoch: int = 0
-    epoch_step: int = 0
-    epoch_steps_total: int = 0
-    learning_rate: float | None = None
-    lr_phase: str | None = None
-
-
-@dataclass
-class Timing:
-    """Training-step time only: validation and pauses are not steps (ETA must not count them)."""
-
-    window: deque[float] = field(default_factory=lambda: deque(maxlen=50))
-    last_step_at: float | None = None
-
-    def step_done(self, now: float) -> None:
-        if self.last_step_at is not None:
-            self.window.append(now - self.last_step_at)
-        self.last_step_at = now
-
-    def interrupt(self) -> None:
-        """A pause or validation: the next step's duration starts when training resumes."""
-        self.last_step_at = None
-
-    @property
-    def seconds_per_step(self) -> float | None:
-        return sum(self.window) / len(self.window) if self.window else None
-
-
-@dataclass
-class ValidationState:
-    result: ValidationResult | None = None
-    step: int | None = None
-    trigger: str | None = None
-    count: int = 0
-    validated_at: str | None = None
-    running: bool = False
-    progress: float = 0.0
-    best_quality: float | None = None
-    best_step: int | None = None
 
 
 class StatsStore:
@@ -158,11 +86,7 @@ class StatsStore:
             self.loss_history.append(
                 {
                     "step": result.step,
-                    "total": result.stats.loss_total,
-                    "l1": result.stats.loss_l1,
-                    "ms": result.stats.loss_ms,
-                    "gradient": result.stats.loss_gradient,
-                    "perceptual": result.stats.loss_perceptual,
+                    **result.stats.losses._asdict(),  # total, then each LossTerm by its name
                     "learning_rate": result.learning_rate,
                     "grad_norm": result.stats.grad_norm,
                 }
@@ -301,20 +225,20 @@ class StatsStore:
             "learning_rate_value": p.learning_rate,
             "lr_phase_name": p.lr_phase,
             # losses (window means of unweighted components, read at the logging cadence)
-            "total_loss_value": s.loss_total if s else None,
-            "l1_loss_value": s.loss_l1 if s else None,
-            "ms_loss_value": s.loss_ms if s else None,
-            "gradient_loss_value": s.loss_gradient if s else None,
-            "perceptual_loss_value": s.loss_perceptual if s else None,
+            "total_loss_value": s.losses.total if s else None,
+            "l1_loss_value": s.losses.l1 if s else None,
+            "ms_loss_value": s.losses.ms if s else None,
+            "gradient_loss_value": s.losses.gradient if s else None,
+            "perceptual_loss_value": s.losses.perceptual if s else None,
             # weights
             "l1_weight_current": s.weights.l1 if s else None,
             "ms_weight_current": s.weights.ms if s else None,
-            "gradient_weight_current": s.weights.grad if s else None,
+            "gradient_weight_current": s.weights.gradient if s else None,
             "perceptual_weight_current": s.weights.perceptual if s else None,
             "gradient_clip_val": s.grad_clip if s else None,
             "grad_norm_value": s.grad_norm if s else None,
             # adaptive
-            "adaptive_mode": adaptive.mode if adaptive else None,
+            "adaptive_mode": adaptive.mode.value if adaptive else None,
             "adaptive_is_cooldown": adaptive.is_cooldown if adaptive else None,
             "adaptive_cooldown_remaining": adaptive.cooldown_remaining if adaptive else None,
             "adaptive_plateau_counter": adaptive.plateau_counter if adaptive else None,
@@ -378,9 +302,3 @@ class StatsStore:
         return finite_or_none(
             {"loss": list(self.loss_history), "quality": list(self.quality_history)}
         )
-
-
-def with_display_names(result: ValidationResult) -> ValidationResult:
-    """The result with its image names valid UTF-8 (escaped where a file name was not)."""
-    images = tuple(replace(m, name=display_name(m.name)) for m in result.images)
-    return replace(result, images=images)

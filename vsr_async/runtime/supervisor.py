@@ -14,28 +14,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vsr_async.errors import ConfigError, VsrError
+from vsr_async.errors import CommandNotAvailable, ConfigError, ValidationInterrupted, VsrError
 from vsr_async.files.statistics import StatisticsWriter
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.runtime import commands as cmd
 from vsr_async.runtime.checkpointer import Checkpointer
-from vsr_async.runtime.commands import (
-    CommandNotAvailable,
-    Phase,
-    RequestStatus,
-    Trigger,
-    ValidationRequest,
-)
+from vsr_async.runtime.commands import Phase, RequestStatus, Trigger, ValidationRequest
 from vsr_async.runtime.hooks import RunHook, RunHooks
 from vsr_async.runtime.live_config import check_live_changes, live_values
 from vsr_async.runtime.producers import CommandProducers
-from vsr_async.runtime.publish import REQUEST_METRICS, RunPublisher
+from vsr_async.runtime.publish import RunPublisher
 from vsr_async.runtime.requests import RequestRegistry, fail_future, settle
 from vsr_async.runtime.signals import StopSignals
+from vsr_async.runtime.snapshot import request_metrics
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.worker import GpuWorker
 from vsr_async.settings import Config
-from vsr_async.training.validation import ValidationInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +286,7 @@ class Supervisor(CommandProducers):
         self.publisher.validation_logged(step, result, trigger.value)
         await self.hooks.validated(step, result, improved)
         if request is not None:
-            metrics: dict[str, Any] = {k: snapshot[k] for k in REQUEST_METRICS}
+            metrics = request_metrics(snapshot)
             self.hooks.spawn(self.registry.finish(request, step, metrics, written))
 
     # --- shutdown ------------------------------------------------------------------------------

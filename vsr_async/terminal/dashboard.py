@@ -24,7 +24,9 @@ from rich.live import Live
 from vsr_async.runtime.hooks import RunHook
 from vsr_async.runtime.snapshot import Snapshot
 from vsr_async.settings import Config
-from vsr_async.terminal.frame import ActivityView, DashboardFrame, fmt_percent, fmt_steps
+from vsr_async.terminal.activity import ActivityView
+from vsr_async.terminal.formatting import fmt_percent, fmt_steps
+from vsr_async.terminal.frame import DashboardFrame
 from vsr_async.terminal.tty import LEAVE_FULL_SCREEN, FrameWriter, is_terminal
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import termios
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
+from vsr_async.errors import CommandNotAvailable
 from vsr_async.runtime.commands import Trigger
 from vsr_async.runtime.hooks import RunHook
-from vsr_async.runtime.supervisor import CommandNotAvailable
 from vsr_async.terminal.tty import CbreakMode, is_foreground, is_terminal
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from vsr_async.records import StepResult
 from vsr_async.training import batching, telemetry
 from vsr_async.training.batch_fit import split_batch
 from vsr_async.training.parts import EngineParts
+from vsr_async.training.step_window import LOSS_VALUES
 
 
 class FusedSkip(Protocol):
@@ -105,12 +106,13 @@ def train_step(parts: EngineParts) -> StepResult:
 def accumulate(
     parts: EngineParts, samples: list[TrainBatch], weights: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward and backward of every micro-batch of one step: the summed terms [5], and the
-    last micro-batch's output and GT (device tensors, no sync)."""
+    """Forward and backward of every micro-batch of one step: the summed total and terms
+    ([LOSS_VALUES], laid out as `LossMeans`), and the last micro-batch's output and GT (device
+    tensors, no sync)."""
     assert parts.batch_plan is not None
     accumulation = parts.batch_plan.accumulation_steps
     parts.optimizer.zero_grad(set_to_none=True)
-    terms = torch.zeros(5, device=parts.device)  # total, l1, ms, gradient, perceptual
+    terms = torch.zeros(LOSS_VALUES, device=parts.device)  # the total, then each LossTerm
     for micro in split_batch(samples, parts.batch_plan.micro_batch):
         batch = micro.to(parts.device, non_blocking=True)
         with parts.autocast():

@@ -8,25 +8,41 @@ adapts) exactly as an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
 
+from vsr_async.records import LossMeans
 
-@dataclass(frozen=True)
-class WindowMeans:
-    terms: list[float]  # total, l1, ms, gradient, perceptual: means over the finite steps
-    grad_norm: float
+LOSS_VALUES = len(LossMeans._fields)  # the total, then one per LossTerm
+
+
+class WindowMeans(NamedTuple):
+    losses: LossMeans  # means over the finite steps
+    grad_norm: float  # mean over the finite steps
     nonfinite_total: int
     nonfinite_streak: int
     extra: list[float]  # the caller's extra values, read in the same transfer
 
 
+T = TypeVar("T")
+
+
+class _Counters(NamedTuple, Generic[T]):
+    """The window's scalars as `read` packs them (device tensors) and unpacks them (floats),
+    after the loss sums and before the extras."""
+
+    grad_norm_sum: T
+    window_nonfinite: T
+    nonfinite_total: T
+    nonfinite_streak: T
+
+
 class StepWindow:
     def __init__(self, device: torch.device) -> None:
         zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
-        self.term_sum = zeros(5)
+        self.term_sum = zeros(LOSS_VALUES)  # laid out as LossMeans
         self.grad_norm_sum = zeros(())
         self.window_nonfinite = zeros(())
         self.nonfinite_total = zeros(())
@@ -34,7 +50,8 @@ class StepWindow:
         self.steps = 0
 
     def add(self, terms: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
-        """Fold one step in; a non-finite step counts but does not pollute the means."""
+        """Fold one step in (`terms`: [LOSS_VALUES], laid out as LossMeans); a non-finite step
+        counts but does not pollute the means."""
         found_inf = (~finite).float()
         self.term_sum += torch.where(finite, terms, torch.zeros_like(terms))
         self.grad_norm_sum += torch.where(finite, grad_norm.float(), torch.zeros_like(grad_norm))
@@ -45,24 +62,32 @@ class StepWindow:
 
     def read(self, extra: Sequence[Tensor] = ()) -> WindowMeans:
         """The logging-cadence sync: one device→host transfer, then a fresh window."""
+        counters: _Counters[Tensor] = _Counters(
+            self.grad_norm_sum, self.window_nonfinite, self.nonfinite_total, self.nonfinite_streak
+        )
         packed = torch.cat(
             [
                 self.term_sum,
-                self.grad_norm_sum.reshape(1),
-                self.window_nonfinite.reshape(1),
-                self.nonfinite_total.reshape(1),
-                self.nonfinite_streak.reshape(1),
+                *(t.reshape(1) for t in counters),
                 *(t.reshape(1).float() for t in extra),
             ]
         )
         values = packed.tolist()  # device→host sync (logging cadence only)
-        finite_steps = max(self.steps - int(values[6]), 1)
-        means = [v / finite_steps for v in values[:6]]
+        after_sums = LOSS_VALUES + len(_Counters._fields)
+        sums = values[:LOSS_VALUES]
+        read: _Counters[float] = _Counters._make(values[LOSS_VALUES:after_sums])
+        finite_steps = max(self.steps - int(read.window_nonfinite), 1)
         self.term_sum.zero_()
         self.grad_norm_sum.zero_()
         self.window_nonfinite.zero_()
         self.steps = 0
-        return WindowMeans(means[:5], means[5], int(values[7]), int(values[8]), values[9:])
+        return WindowMeans(
+            losses=LossMeans._make(v / finite_steps for v in sums),
+            grad_norm=read.grad_norm_sum / finite_steps,
+            nonfinite_total=int(read.nonfinite_total),
+            nonfinite_streak=int(read.nonfinite_streak),
+            extra=values[after_sums:],
+        )
 
     def state_dict(self) -> dict[str, Tensor | int]:
         return {

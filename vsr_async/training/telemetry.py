@@ -36,9 +36,9 @@ def read_stats(parts: EngineParts) -> StepStats:
             momentum_sum += state["exp_avg"].abs().sum()
             momentum_count += state["exp_avg"].numel()
     means = parts.window.read(extra=[momentum_sum])
-    total, l1, ms, gradient, perceptual = means.terms
-    smoothed = AdaptiveSystem.loss_at_targets(parts.config, l1, ms, gradient, perceptual)
-    parts.adaptive.update(parts.step, smoothed, perceptual)
+    (momentum_total,) = means.extra
+    smoothed = AdaptiveSystem.loss_at_targets(parts.config, means.losses)
+    parts.adaptive.update(parts.step, smoothed, means.losses.perceptual)
     log_adaptive_events(parts)
     activity = parts.model.read_activity(reset=True)
     parts.model.track_activity = False
@@ -47,17 +47,13 @@ def read_stats(parts: EngineParts) -> StepStats:
         vram_peak = torch.cuda.max_memory_allocated(parts.device) / 1e9
         vram_reserved = torch.cuda.memory_reserved(parts.device) / 1e9
     return StepStats(
-        loss_total=total,
-        loss_l1=l1,
-        loss_ms=ms,
-        loss_gradient=gradient,
-        loss_perceptual=perceptual,
+        losses=means.losses,
         grad_norm=means.grad_norm,
         weights=parts.adaptive.weights,
         grad_clip=float(parts.adaptive.grad_clip),
         adaptive=parts.adaptive.report(),
         activity=activity,
-        adam_momentum_avg=means.extra[0] / max(momentum_count, 1),
+        adam_momentum_avg=momentum_total / max(momentum_count, 1),
         vram_peak_gb=vram_peak,
         vram_reserved_gb=vram_reserved,
         host_memory_gb=host_memory_gb(),

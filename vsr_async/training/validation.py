@@ -16,19 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vsr_async.errors import ValidationInterrupted
 from vsr_async.metrics import psnr, quality, ssim
 from vsr_async.nn.tiling import TiledInference
 from vsr_async.records import ImageMetrics, ValidationResult
 
 STRIP_IMAGES = 8  # validation images that get an LR | output | GT strip (panel, TensorBoard)
-
-
-class ValidationInterrupted(Exception):
-    """A stop arrived while validating: the remaining images are skipped (no partial results)."""
-
-    def __init__(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-        super().__init__(f"validation interrupted after {done} of {total} images")
 
 
 def bicubic_upscale(frame: Tensor, scale: int) -> Tensor:
