@@ -74,6 +74,18 @@ DATASET_ROOT = ""
 DATASET_LAYOUT = "auto"  # one of 'auto', 'patches', 'frames'
 # Validate on at most this many images (0 = all).
 VAL_MAX_IMAGES = 0  # in [0, 1e+06]
+# Patch layout: the training folder (GT/ and LR/ inside); the predecessor's generator also writes
+# Patches_Medium169, Patches_Large, Patches_XLarge169, Patches_FullHD.
+PATCH_FOLDER = "Patches"
+# Patch layout: the LR folder in PATCH_FOLDER and Val/ ("LR", "LR_7frames", ...); "auto":
+# LR_<NUM_FRAMES>frames if there, else LR.
+LR_FOLDER = "auto"
+# A Val/GT image without a Val/LR file: "patches" takes the same name from the training LR folder
+# (the predecessor's way), "bicubic" makes LR from the GT, "skip" leaves it out.
+VAL_LR_MISSING = "patches"  # one of 'patches', 'bicubic', 'skip'
+# Patch layout without Val/ images: training samples held out (fixed by name) to validate on; at
+# most a tenth of them.
+VAL_HOLDOUT_IMAGES = 100  # in [1, 1e+06]
 # Data-loader worker processes (0 = load on the GPU thread).
 NUM_WORKERS = 2  # in [0, 256]
 # Pin host batches for non-blocking copies to the GPU (ignored on the CPU).

@@ -64,10 +64,15 @@ def test_missing_dataset_folder(tmp_path: Path) -> None:
     assert_one_line_error(result, "no_such_dataset")
 
 
-def test_missing_partner_file(tmp_path: Path, dataset: Path) -> None:
+def test_missing_partner_file_is_skipped_and_named(tmp_path: Path, dataset: Path) -> None:
+    """The predecessor skipped a GT without LR; so does check (test_predecessor_datasets)."""
     (dataset / "Patches" / "LR" / "0003.png").unlink()
     result = run_cli("check", "--config", str(config_file(tmp_path, dataset)), cwd=tmp_path)
-    assert_one_line_error(result, "0003.png")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "    Patches/GT/0003.png: no LR partner (Patches/LR/0003.png does not exist)"
+        in result.stdout.splitlines()
+    )
 
 
 def test_unreadable_png_names_the_file(tmp_path: Path, dataset: Path) -> None:

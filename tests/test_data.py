@@ -183,14 +183,17 @@ def test_patch_layout_scans_and_loads(tmp_path):
     assert len(build_datasets(config(VAL_MAX_IMAGES=1), info)[1]) == 1
 
 
-def _break_missing_lr(root: Path) -> Path:
-    (root / "Patches/LR/p002.png").unlink()
-    return root / "Patches/GT/p002.png"
+def _break_no_pairs(root: Path) -> Path:
+    """A GT without LR is skipped (test_predecessor_datasets); with none left, it is an error."""
+    for f in (root / "Patches/LR").iterdir():
+        f.unlink()
+    return root / "Patches/GT"
 
 
-def _break_missing_gt(root: Path) -> Path:
-    (root / "Val/GT/p001.png").unlink()
-    return root / "Val/LR/p001.png"
+def _break_empty_training(root: Path) -> Path:
+    for f in (root / "Patches/GT").iterdir():
+        f.unlink()
+    return root / "Patches/GT"
 
 
 def _break_garbage(root: Path) -> Path:
@@ -214,15 +217,9 @@ def _break_mixed_sizes(root: Path) -> Path:
     return root / "Patches/GT/p005.png"
 
 
-def _break_empty(root: Path) -> Path:
-    for f in (root / "Val/GT").iterdir():
-        f.unlink()
-    return root / "Val/GT"
-
-
 def _break_missing_folder(root: Path) -> Path:
-    shutil.rmtree(root / "Val/LR")
-    return root / "Val/LR"
+    shutil.rmtree(root / "Patches/LR")
+    return root / "Patches/LR"
 
 
 def _break_corrupt_val(root: Path) -> Path:
@@ -233,13 +230,12 @@ def _break_corrupt_val(root: Path) -> Path:
 @pytest.mark.parametrize(
     "break_it",
     [
-        _break_missing_lr,
-        _break_missing_gt,
+        _break_no_pairs,
+        _break_empty_training,
         _break_garbage,
         _break_lr_size,
         _break_divisibility,
         _break_mixed_sizes,
-        _break_empty,
         _break_missing_folder,
         _break_corrupt_val,
     ],

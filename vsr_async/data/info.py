@@ -19,12 +19,28 @@ Size = tuple[int, int]
 
 @dataclass(frozen=True)
 class PatchPair:
-    """One patch-layout sample: a GT image and its LR file (T frames stacked vertically)."""
+    """One patch-layout sample: a GT image and its LR file (T frames stacked vertically).
+
+    `lr` is None for a validation image whose LR is the bicubic downscale of its GT
+    (VAL_LR_MISSING="bicubic"); training pairs always have an LR file.
+    """
 
     name: str
     gt: Path
-    lr: Path
+    lr: Path | None
     gt_size: Size
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A dataset file the scan left out, and why (shown by `check`, logged, counted)."""
+
+    path: Path
+    reason: str
+
+    def describe(self, root: Path) -> str:
+        shown = self.path.relative_to(root) if self.path.is_relative_to(root) else self.path
+        return f"{display_name(shown)}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,10 @@ class DatasetInfo:
     """False when training LR is made on the fly by bicubic downscaling (frame layout, no LR/)."""
     train_items: tuple[PatchPair, ...] | tuple[Clip, ...] = field(repr=False)
     val_items: tuple[PatchPair, ...] | tuple[Clip, ...] = field(repr=False)
+    skipped: tuple[SkippedFile, ...] = ()
+    """Files left out at the scan (a GT without an LR partner); never a stop while any is left."""
+    notices: tuple[str, ...] = ()
+    """Warnings about how the dataset is used (validation fallbacks, a hold-out)."""
 
     @property
     def train_lr_size(self) -> Size:
@@ -73,7 +93,7 @@ class DatasetInfo:
         return (self.train_gt_size[0] // self.scale, self.train_gt_size[1] // self.scale)
 
     def describe(self) -> str:
-        """A few lines for `python -m vsr_async check` and the start-up log."""
+        """A few lines for `python -m vsr_async check`, every skipped file named, with why."""
         gt_w, gt_h = self.train_gt_size
         lr_w, lr_h = self.train_lr_size
         sizes = ", ".join(f"{w}x{h}" for w, h in self.gt_sizes[:4])
@@ -88,16 +108,32 @@ class DatasetInfo:
                 f"sample GT {gt_w}x{gt_h}, LR {self.num_frames} x {lr_w}x{lr_h} "
                 f"(x{self.scale})",
                 f"  validation: {self.val_count} images, GT {val_sizes}",
+                *(f"  warning: {notice}" for notice in self.notices),
+                *self._skipped_note(),
                 *self._undecodable_note(),
             ]
         )
+
+    def skipped_lines(self, limit: int | None = None) -> list[str]:
+        """One line per skipped file ("Patches/GT/x.png: no LR partner ..."), the first `limit`."""
+        shown = self.skipped if limit is None else self.skipped[:limit]
+        lines = [s.describe(self.root) for s in shown]
+        if len(shown) < len(self.skipped):
+            lines.append(f"… and {len(self.skipped) - len(shown)} more")
+        return lines
+
+    def _skipped_note(self) -> list[str]:
+        if not self.skipped:
+            return []
+        head = f"  skipped: {len(self.skipped)} file(s), not used for training or validation:"
+        return [head, *(f"    {line}" for line in self.skipped_lines())]
 
     def file_paths(self) -> list[Path]:
         """Every file the run reads (training and validation, GT and LR)."""
         paths: list[Path] = []
         for item in (*self.train_items, *self.val_items):
             if isinstance(item, PatchPair):
-                paths += [item.gt, item.lr]
+                paths += [item.gt] if item.lr is None else [item.gt, item.lr]
             else:
                 paths += [*item.gt_frames, *(item.lr_frames or ())]
         return paths

@@ -12,7 +12,7 @@ import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, default_collate
@@ -60,20 +60,24 @@ def collate_train(samples: Sequence[TrainSample]) -> TrainBatch:
     )
 
 
-class TrainLoader(DataLoader):
-    """A DataLoader that logs skipped files once each, in the main process.
+class TrainLoader:
+    """A DataLoader's batches, with skipped files logged once each, in the main process.
 
     Workers have no logging set up, so the warning is written here, where the run's log goes.
-    `skipped_counts` holds how often each file was skipped.
+    `skipped_counts` holds how often each file was skipped. (A wrapper, not a DataLoader
+    subclass: DataLoader.__iter__ is typed to return its own iterator class.)
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
         self.skipped_counts: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
     def __iter__(self) -> Iterator[TrainBatch]:
         try:
-            for batch in super().__iter__():
+            for batch in self.loader:
                 for path in batch.skipped:
                     if path not in self.skipped_counts:
                         log.warning(
@@ -122,7 +126,7 @@ def build_train_loader(
     per-sample seed. Pinning is used only where a CUDA device can use it.
     """
     sampler = ResumableSampler(len(dataset), seed, start_epoch, start_index)
-    workers = {}
+    workers: dict[str, Any] = {}
     if num_workers > 0:
         workers = dict(
             multiprocessing_context=_worker_start_method(),
@@ -131,14 +135,16 @@ def build_train_loader(
             worker_init_fn=_ignore_interrupts,
         )
     return TrainLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=num_workers,
-        collate_fn=collate_train,
-        pin_memory=pin_memory and torch.cuda.is_available(),
-        **workers,
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=num_workers,
+            collate_fn=collate_train,
+            pin_memory=pin_memory and torch.cuda.is_available(),
+            **workers,
+        )
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from vsr_async.data.augment import augment
+from vsr_async.data.degrade import bicubic_downscale
 from vsr_async.data.images import read_rgb, to_tensor
 from vsr_async.data.info import PatchPair
 from vsr_async.data.skipping import SkippingDataset
@@ -30,6 +31,7 @@ class PatchTrainDataset(SkippingDataset):
 
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         pair = self.pairs[index]
+        assert pair.lr is not None, "training pairs always have an LR file (scan_patches)"
         gt = self.read(pair.gt)  # [H, W, 3]
         lr = split_frames(pair.lr, self.read(pair.lr), pair.gt_size, self.num_frames, self.scale)
         if gt.shape[:2] != (pair.gt_size[1], pair.gt_size[0]):
@@ -40,15 +42,21 @@ class PatchTrainDataset(SkippingDataset):
 
 
 class PatchValDataset(ValidationSet):
-    """Validation images of the patch layout, decoded now; a broken file is an error naming it."""
+    """Validation images of the patch layout, decoded now; a broken file is an error naming it.
+
+    A pair without an LR file (VAL_LR_MISSING="bicubic") gets NUM_FRAMES copies of the bicubic
+    downscale of its GT: the one degradation that needs no neighbouring frames.
+    """
 
     def __init__(self, pairs: Sequence[PatchPair], num_frames: int, scale: int) -> None:
         items = []
         for pair in pairs:
             gt = read_rgb(pair.gt)
-            lr = split_frames(
-                pair.lr, read_rgb(pair.lr), (gt.shape[1], gt.shape[0]), num_frames, scale
-            )
+            if pair.lr is None:
+                lr = np.repeat(bicubic_downscale(gt, scale)[None], num_frames, axis=0)
+            else:
+                gt_size = (gt.shape[1], gt.shape[0])
+                lr = split_frames(pair.lr, read_rgb(pair.lr), gt_size, num_frames, scale)
             items.append((pair.name, lr, gt))
         super().__init__(items)
 

@@ -1,12 +1,14 @@
 """Checking a patch-layout dataset (the predecessor's) before training starts.
 
-    <root>/Patches/GT/<name>.png   GT patch, W x H
-    <root>/Patches/LR/<name>.png   NUM_FRAMES LR frames of W/SCALE x H/SCALE, stacked vertically
-    <root>/Val/GT/<name>.png       validation, same pairing and stacking, any size per image
-    <root>/Val/LR/<name>.png
+    <root>/<PATCH_FOLDER>/GT/<name>.png    GT patch, W x H (PATCH_FOLDER: Patches, Patches_Large...)
+    <root>/<PATCH_FOLDER>/<LR>/<name>.png  NUM_FRAMES LR frames of W/SCALE x H/SCALE, stacked
+                                           vertically (LR: LR, LR_7frames, ...; see patch_folders)
+    <root>/Val/GT/<name>.png               validation, same pairing and stacking, any size
+    <root>/Val/<LR>/<name>.png             (optional: see val_sources)
 
-Training files are checked by header only (fast); validation files are decoded fully, since a
-validation run must never meet a broken file.
+A GT file without an LR partner is skipped and reported, as the predecessor did. Training files
+are checked by header only (fast); validation files are decoded fully, since a validation run
+must never meet a broken file.
 """
 
 from __future__ import annotations
@@ -14,14 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vsr_async.data.images import read_rgb, read_size
-from vsr_async.data.info import DatasetInfo, PatchPair, Size, lr_frame_size
-from vsr_async.data.listing import (
-    ProgressCounter,
-    ScanProgress,
-    require_folder,
-    require_images,
-    require_same_names,
-)
+from vsr_async.data.info import DatasetInfo, PatchPair, Size, SkippedFile, lr_frame_size
+from vsr_async.data.listing import ProgressCounter, ScanProgress, image_names, require_images
+from vsr_async.data.patch_folders import PatchOptions, resolve_patch_folders
+from vsr_async.data.val_sources import paired_names, plan_validation
 from vsr_async.errors import DatasetError
 
 
@@ -31,32 +29,32 @@ def scan_patch_layout(
     scale: int,
     progress: ScanProgress | None = None,
     val_max_images: int = 0,
+    options: PatchOptions | None = None,
 ) -> DatasetInfo:
     """Validate every file of a patch-layout dataset; each problem names the file at fault."""
-    folders = {
-        part: require_folder(root / part, what)
-        for part, what in (
-            ("Patches/GT", "training GT patches"),
-            ("Patches/LR", "training LR patches, NUM_FRAMES frames stacked vertically"),
-            ("Val/GT", "validation GT images; validation never uses training files"),
-            ("Val/LR", "validation LR images, NUM_FRAMES frames stacked vertically"),
+    options = options or PatchOptions()
+    folders = resolve_patch_folders(root, options, num_frames)
+    require_images(folders.train_gt, "training GT")
+    lr_names = set(image_names(folders.train_lr))
+    skipped: list[SkippedFile] = []
+    train_names = paired_names(folders, lr_names, skipped)
+    if not train_names:
+        raise DatasetError(
+            folders.train_gt,
+            f"none of its {len(skipped)} GT patches has an LR partner in "
+            f"{folders.show(folders.train_lr)} (same file name, NUM_FRAMES frames stacked)",
         )
-    }
-    train_names = _paired_names(folders["Patches/GT"], folders["Patches/LR"], "training")
-    val_names = _paired_names(folders["Val/GT"], folders["Val/LR"], "validation")
-    if val_max_images:
-        val_names = val_names[:val_max_images]
+    plan = plan_validation(folders, train_names, lr_names, options, skipped)
+    val_pairs = plan.pairs[:val_max_images] if val_max_images else plan.pairs
 
-    counter = ProgressCounter(progress, 2 * (len(train_names) + len(val_names)))
+    files = 2 * len(plan.train_names) + sum(1 + (lr is not None) for _, _, lr in val_pairs)
+    counter = ProgressCounter(progress, files)
     train = [
-        _check_pair(folders["Patches/GT"], folders["Patches/LR"], n, num_frames, scale, counter)
-        for n in train_names
+        _check_pair(folders.train_gt, folders.train_lr, n, num_frames, scale, counter)
+        for n in plan.train_names
     ]
     _require_one_size(train)
-    val = [
-        _check_val_pair(folders["Val/GT"], folders["Val/LR"], n, num_frames, scale, counter)
-        for n in val_names
-    ]
+    val = [_check_val_pair(n, gt, lr, num_frames, scale, counter) for n, gt, lr in val_pairs]
     return DatasetInfo(
         layout="patches",
         root=root,
@@ -71,6 +69,8 @@ def scan_patch_layout(
         lr_from_files=True,
         train_items=tuple(train),
         val_items=tuple(val),
+        skipped=tuple(skipped),
+        notices=tuple(plan.notices),
     )
 
 
@@ -78,13 +78,6 @@ def expected_lr_size(gt_path: Path, gt_size: Size, num_frames: int, scale: int) 
     """(w, T·h) of the stacked LR file that belongs to a GT image; GT must divide by SCALE."""
     width, height = lr_frame_size(gt_path, gt_size, scale)
     return width, num_frames * height
-
-
-def _paired_names(gt_dir: Path, lr_dir: Path, what: str) -> list[str]:
-    gt_names = require_images(gt_dir, f"{what} GT")
-    lr_names = require_images(lr_dir, f"{what} LR")
-    require_same_names(gt_dir, gt_names, lr_dir, lr_names)
-    return gt_names
 
 
 def _check_pair(
@@ -99,14 +92,23 @@ def _check_pair(
 
 
 def _check_val_pair(
-    gt_dir: Path, lr_dir: Path, name: str, num_frames: int, scale: int, counter: ProgressCounter
+    name: str,
+    gt_path: Path,
+    lr_path: Path | None,
+    num_frames: int,
+    scale: int,
+    counter: ProgressCounter,
 ) -> PatchPair:
-    gt_path, lr_path = gt_dir / name, lr_dir / name
+    """A validation pair, decoded; without an LR file (bicubic), GT must divide by SCALE."""
     gt = read_rgb(gt_path)
-    lr = read_rgb(lr_path)
-    counter.advance(2)
+    counter.advance()
     gt_size = (gt.shape[1], gt.shape[0])
-    _require_lr_size(gt_path, gt_size, lr_path, (lr.shape[1], lr.shape[0]), num_frames, scale)
+    if lr_path is None:
+        lr_frame_size(gt_path, gt_size, scale)
+    else:
+        lr = read_rgb(lr_path)
+        counter.advance()
+        _require_lr_size(gt_path, gt_size, lr_path, (lr.shape[1], lr.shape[0]), num_frames, scale)
     return PatchPair(Path(name).stem, gt_path, lr_path, gt_size)
 
 

@@ -24,6 +24,7 @@ from vsr_async.files.run_lock import RunLock
 from vsr_async.files.statistics import StatisticsWriter
 from vsr_async.files.superseded import set_aside_newer_files
 from vsr_async.files.tensorboard import TensorBoardLogger
+from vsr_async.names import display_name
 from vsr_async.runtime.checkpointer import CheckpointWriter
 from vsr_async.runtime.live_config import LiveConfigRecorder, load_runtime_config
 from vsr_async.runtime.run_folder import TENSORBOARD_DIR, RunFolder, claim_run_dir, resume_source
@@ -45,20 +46,9 @@ def new_run_id() -> str:
 
 def scan(config: Any, progress: ProgressCallback | None = None) -> Any:
     """Validate the dataset (blocking: headers of every file); errors name the bad file."""
-    from vsr_async.data.layout import detect_layout, scan_dataset
+    from vsr_async.data.layout import scan_configured
 
-    if not config.DATASET_ROOT:
-        raise ConfigError("DATASET_ROOT", "must name the dataset folder")
-    root = Path(config.DATASET_ROOT).expanduser()
-    layout = config.DATASET_LAYOUT if config.DATASET_LAYOUT != "auto" else detect_layout(root)
-    return scan_dataset(
-        root,
-        layout,
-        num_frames=config.NUM_FRAMES,
-        scale=config.SCALE,
-        gt_patch_size=config.GT_PATCH_SIZE,
-        progress=progress,
-    )
+    return scan_configured(config, progress)
 
 
 @dataclass
@@ -144,6 +134,8 @@ def _assemble(folder: RunFolder, dataset_info: Any, resume: str, console_log: bo
     try:
         for notice in folder.notices:
             log.warning("%s", notice)
+        for line in dataset_warnings(dataset_info):
+            log.warning("dataset: %s", line)
         return _wire(folder, dataset_info, resume, run_logging)
     except BaseException:
         run_logging.close()
@@ -156,6 +148,7 @@ def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLog
     if folder.resuming:  # only the checkpoint's own folder's live config goes with it
         config = load_runtime_config(run_dir, config)
     store = StatsStore(run_id=new_run_id(), step_max=config.MAX_STEPS)
+    store.skipped_files.extend(display_name(s.path) for s in dataset_info.skipped)
     statistics = StatisticsWriter(
         run_dir, on_written=store.statistics_written, on_error=store.statistics_failed
     )
@@ -175,6 +168,13 @@ def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLog
     supervisor.add_hook(checkpointer)  # a new best quality is saved as best.pt
     log.info("run directory %s", run_dir)
     return Run(config, run_dir, store, supervisor, run_logging, folder.lock)
+
+
+def dataset_warnings(info: Any, limit: int = 20) -> list[str]:
+    """What the scan decided (validation fallbacks, a hold-out) and the files it skipped, for
+    training.log; `check` lists every skipped file."""
+    skipped = [f"skipped {line}" for line in info.skipped_lines(limit)]
+    return [*info.notices, *skipped]
 
 
 def open_run_logging(run_dir: Path, console_log: bool) -> RunLogging:

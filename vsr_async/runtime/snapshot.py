@@ -224,11 +224,11 @@ class Snapshot(TypedDict):
     corrupt_files_skipped: Annotated[
         int,
         count(
-            "Training files skipped because they could not be read.",
+            "Dataset files skipped: unpaired at the scan, or unreadable in training.",
             counter("vsr_corrupt_files_skipped"),
         ),
     ]
-    corrupt_files: Annotated[list[str], Key("The latest 20 skipped training files.")]
+    corrupt_files: Annotated[list[str], Key("The latest 20 skipped dataset files.")]
     # status
     training_active: Annotated[
         bool,

@@ -11,6 +11,7 @@ from typing import Literal
 from vsr_async.settings.values import key
 
 Layout = Literal["auto", "patches", "frames"]
+ValLrMissing = Literal["patches", "bicubic", "skip"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -137,6 +138,28 @@ class RunKeys:
         "auto", '"patches" (Patches/GT, Patches/LR, Val/...), "frames" (GT/<clip>/...) or "auto".'
     )
     VAL_MAX_IMAGES: int = key(0, "Validate on at most this many images (0 = all).", lo=0, hi=10**6)
+    PATCH_FOLDER: str = key(
+        "Patches",
+        "Patch layout: the training folder (GT/ and LR/ inside); the predecessor's generator "
+        "also writes Patches_Medium169, Patches_Large, Patches_XLarge169, Patches_FullHD.",
+    )
+    LR_FOLDER: str = key(
+        "auto",
+        'Patch layout: the LR folder in PATCH_FOLDER and Val/ ("LR", "LR_7frames", ...); '
+        '"auto": LR_<NUM_FRAMES>frames if there, else LR.',
+    )
+    VAL_LR_MISSING: ValLrMissing = key(
+        "patches",
+        'A Val/GT image without a Val/LR file: "patches" takes the same name from the training '
+        'LR folder (the predecessor\'s way), "bicubic" makes LR from the GT, "skip" leaves it out.',
+    )
+    VAL_HOLDOUT_IMAGES: int = key(
+        100,
+        "Patch layout without Val/ images: training samples held out (fixed by name) to "
+        "validate on; at most a tenth of them.",
+        lo=1,
+        hi=10**6,
+    )
     NUM_WORKERS: int = key(
         2, "Data-loader worker processes (0 = load on the GPU thread).", lo=0, hi=256
     )
