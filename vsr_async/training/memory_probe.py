@@ -29,7 +29,7 @@ from vsr_async.training.batch_fit import (
 
 if TYPE_CHECKING:
     from vsr_async.nn.losses import LossComputer
-    from vsr_async.nn.model import VSRNet
+    from vsr_async.nn.models import Model
     from vsr_async.training.adaptive import AdaptiveSystem
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class ProbedEngine(Protocol):
 
     config: Any
     device: torch.device
-    model: VSRNet
+    model: Model
     optimizer: torch.optim.Optimizer
     adaptive: AdaptiveSystem
     loss: LossComputer
