@@ -28,12 +28,18 @@ from vsr_async.files.checkpoints import (
     load_checkpoint,
 )
 from vsr_async.files.logs import LOG_NAME, RunLogging
+from vsr_async.files.predecessor_checkpoint import (
+    MODEL_NAME,
+    is_predecessor_checkpoint,
+    wrong_model_message,
+)
 from vsr_async.files.run_lock import RunLock, folder_busy, folder_in_use
 from vsr_async.files.statistics import StatisticsWriter, remove_stale_statistics_temps
 from vsr_async.files.superseded import set_aside_newer_files
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.runtime.checkpointer import CheckpointWriter
 from vsr_async.runtime.live_config import RUNTIME_CONFIG, LiveConfigRecorder, load_runtime_config
+from vsr_async.runtime.predecessor_resume import continue_predecessor
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.supervisor import Supervisor
 from vsr_async.runtime.worker import GpuWorker
@@ -271,6 +277,8 @@ def resume_source(config: Any, resume: str) -> Path | None:
     if not path.is_file():
         raise CheckpointError(path, "no such file (--resume takes auto, never or a file)")
     check_archive(path)  # a file that is no checkpoint at all is refused before the run starts
+    if config.MODEL != MODEL_NAME and is_predecessor_checkpoint(path):
+        raise CheckpointError(path, wrong_model_message())
     return path
 
 
@@ -287,6 +295,9 @@ def make_engine(config: Any, dataset_info: Any, source: Path | None) -> Training
             log.info("no checkpoint in %s: starting a new run", source)
             return engine
         path, state = found
+    elif is_predecessor_checkpoint(source):  # its file is read, never written or adopted
+        continue_predecessor(engine, source, config, new_run_id())
+        return engine
     else:
         path, state = source, load_checkpoint(source)
         check_compatible(state, config, path)
