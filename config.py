@@ -8,6 +8,9 @@ Written by `python -m vsr_async config --write FILE`; `python -m vsr_async confi
 """
 
 # MODEL (start-only: a checkpoint only fits the shape it was trained with)
+# "vsrnet" (this project's model) or "vsrpp" (the predecessor's VSRBidirectional_3x, x3 only:
+# continues its checkpoint_step_*.pth files).
+MODEL = "vsrnet"  # one of 'vsrnet', 'vsrpp'
 # Feature channels (F) in every propagation block.
 N_FEATS = 64  # in [4, 1024]
 # Residual blocks in total, split evenly between the backward and forward trunk (even).

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best.pt"
 FORMAT_VERSION = 1
-SHAPE_KEYS = ("N_FEATS", "N_BLOCKS", "NUM_FRAMES", "SCALE")  # a checkpoint fits only its shape
+SHAPE_KEYS = ("MODEL", "N_FEATS", "N_BLOCKS", "NUM_FRAMES", "SCALE")  # a file fits only its shape
+# Shape keys that older checkpoints may lack, and the value they had then (MODEL came later).
+SHAPE_DEFAULTS = {"MODEL": "vsrnet"}
 REQUIRED_KEYS = ("format_version", "step", "model", "optimizer", "config", "run_id")
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -129,7 +131,7 @@ def load_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
 
 def check_compatible(state: dict[str, Any], config: Config, path: Path) -> None:
     """Refuse a checkpoint whose model shape differs from the config, naming every key."""
-    saved = state["config"]
+    saved = {**SHAPE_DEFAULTS, **state["config"]}
     differing = [k for k in SHAPE_KEYS if saved.get(k) != getattr(config, k)]
     if differing:
         detail = ", ".join(
@@ -140,6 +142,11 @@ def check_compatible(state: dict[str, Any], config: Config, path: Path) -> None:
             f"was trained with a different model shape: {detail}; use the same values, "
             "or --resume never to start a new run",
         )
+
+
+def saved_model_name(state: dict[str, Any]) -> str:
+    """The model a checkpoint of ours holds (config MODEL; files from before the key: vsrnet)."""
+    return str(state["config"].get("MODEL", SHAPE_DEFAULTS["MODEL"]))
 
 
 def _load_or_warn(path: Path) -> dict[str, Any] | None:

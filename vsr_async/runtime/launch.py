@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from vsr_async.errors import CheckpointError, ConfigError
 from vsr_async.files.checkpoints import check_compatible, find_resume_checkpoint, load_checkpoint
 from vsr_async.files.logs import LOG_NAME, RunLogging
+from vsr_async.files.predecessor_checkpoint import is_predecessor_checkpoint
 from vsr_async.files.run_lock import RunLock
 from vsr_async.files.statistics import StatisticsWriter
 from vsr_async.files.superseded import set_aside_newer_files
@@ -27,6 +28,7 @@ from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.names import display_name
 from vsr_async.runtime.checkpointer import CheckpointWriter
 from vsr_async.runtime.live_config import LiveConfigRecorder, load_runtime_config
+from vsr_async.runtime.predecessor_resume import continue_predecessor
 from vsr_async.runtime.run_folder import TENSORBOARD_DIR, RunFolder, claim_run_dir, resume_source
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.supervisor import Supervisor
@@ -99,6 +101,9 @@ def make_engine(config: Any, dataset_info: Any, source: Path | None) -> Training
             log.info("no checkpoint in %s: starting a new run", source)
             return engine
         path, state = found
+    elif is_predecessor_checkpoint(source):  # its file is read, never written or adopted
+        continue_predecessor(engine, source, config, new_run_id())
+        return engine
     else:
         path, state = source, load_checkpoint(source)
         check_compatible(state, config, path)

@@ -15,6 +15,11 @@ from typing import Any
 from vsr_async.errors import CheckpointError, ConfigError
 from vsr_async.files.checkpoints import BEST_NAME, CHECKPOINT_DIR, check_archive, list_checkpoints
 from vsr_async.files.logs import LOG_NAME
+from vsr_async.files.predecessor_checkpoint import (
+    MODEL_NAME,
+    is_predecessor_checkpoint,
+    wrong_model_message,
+)
 from vsr_async.files.run_lock import RunLock, folder_busy, folder_in_use
 from vsr_async.files.statistics import remove_stale_statistics_temps
 from vsr_async.runtime.live_config import RUNTIME_CONFIG
@@ -188,4 +193,6 @@ def resume_source(config: Any, resume: str) -> Path | None:
     if not path.is_file():
         raise CheckpointError(path, "no such file (--resume takes auto, never or a file)")
     check_archive(path)  # a file that is no checkpoint at all is refused before the run starts
+    if config.MODEL != MODEL_NAME and is_predecessor_checkpoint(path):
+        raise CheckpointError(path, wrong_model_message())
     return path

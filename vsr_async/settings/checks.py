@@ -55,9 +55,17 @@ def check_relations(c: Any, failed: set[str]) -> list[ConfigError]:
     perceptual_on = lambda: c.PERCEPTUAL_WEIGHT > 0  # noqa: E731
     rules: list[tuple[tuple[str, ...], Callable[[], bool], Callable[[], str]]] = [
         (
-            ("N_BLOCKS",),
-            lambda: c.N_BLOCKS % 2 == 1,
+            ("N_BLOCKS", "MODEL"),
+            lambda: c.N_BLOCKS % 2 == 1 and c.MODEL == "vsrnet",
             lambda: f"must be even (split between two trunks), got {c.N_BLOCKS}",
+        ),
+        (
+            ("SCALE", "MODEL"),
+            lambda: c.MODEL == "vsrpp" and c.SCALE != 3,
+            lambda: (
+                f'must be 3 for MODEL = "vsrpp" (the predecessor\'s VSRBidirectional_3x '
+                f"upscales x3 only), got {c.SCALE}"
+            ),
         ),
         (
             ("NUM_FRAMES",),

@@ -14,7 +14,7 @@ from vsr_async.settings.values import describe_type, range_text
 
 # The headings of the generated file: the first key of each group → its heading.
 SECTIONS = {
-    "N_FEATS": "MODEL (start-only: a checkpoint only fits the shape it was trained with)",
+    "MODEL": "MODEL (start-only: a checkpoint only fits the shape it was trained with)",
     "BATCH_SIZE": "BATCH",
     "LR_EXPONENT": "LEARNING RATE",
     "L1_WEIGHT": "LOSS WEIGHTS (targets: the adaptive system moves the weights around them)",

@@ -12,6 +12,7 @@ from vsr_async.settings.values import key
 
 Layout = Literal["auto", "patches", "frames"]
 ValLrMissing = Literal["patches", "bicubic", "skip"]
+ModelName = Literal["vsrnet", "vsrpp"]  # nn.models.MODELS builds them (a test keeps both equal)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -19,10 +20,16 @@ class RunKeys:
     """Model, batch, learning rate, loss weights, cadence and data (validated by `Config`)."""
 
     # --- model (start-only: a checkpoint only fits the shape it was trained with) -----------
+    MODEL: ModelName = key(
+        "vsrnet",
+        '"vsrnet" (this project\'s model) or "vsrpp" (the predecessor\'s VSRBidirectional_3x, '
+        "x3 only: continues its checkpoint_step_*.pth files).",
+    )
     N_FEATS: int = key(64, "Feature channels (F) in every propagation block.", lo=4, hi=1024)
     N_BLOCKS: int = key(
         24,
-        "Residual blocks in total, split evenly between the backward and forward trunk (even).",
+        "Residual blocks in total, split evenly between the backward and forward trunk "
+        "(even for vsrnet; vsrpp rounds an odd count down, as the predecessor did).",
         lo=2,
         hi=512,
     )

@@ -105,6 +105,23 @@ class TrainingEngine(EngineParts):
         """Continue from a checkpoint (already verified and shape-checked by the caller)."""
         state.load_state(self, saved)
 
+    def continue_from_weights(
+        self,
+        *,
+        step: int,
+        model_state: dict[str, Any],
+        optimizer_state: dict[str, dict[str, Any]] | None,
+        run_id: str,
+    ) -> None:
+        """Continue at `step` from weights (and Adam's state by parameter name) alone."""
+        state.continue_from_weights(
+            self,
+            step=step,
+            model_state=model_state,
+            optimizer_state=optimizer_state,
+            run_id=run_id,
+        )
+
     def close(self) -> None:
         """Stop loader workers (persistent workers otherwise outlive the run)."""
         self._batches = iter(())

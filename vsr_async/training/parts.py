@@ -19,7 +19,7 @@ import torch
 from vsr_async.data.loader import TrainBatch, build_datasets
 from vsr_async.nn.ema import EmaWeights
 from vsr_async.nn.losses import LossComputer
-from vsr_async.nn.model import VSRNet
+from vsr_async.nn.models import build_model
 from vsr_async.nn.tiling import TiledInference
 from vsr_async.settings import Config
 from vsr_async.training.adaptive import AdaptiveSystem
@@ -55,7 +55,13 @@ class EngineParts:
         self.channels_last = config.CHANNELS_LAST and self.device.type == "cuda"
 
         # model, EMA, optimizer
-        self.model = VSRNet(config.N_FEATS, config.N_BLOCKS, config.NUM_FRAMES, config.SCALE)
+        self.model = build_model(
+            config.MODEL,
+            n_feats=config.N_FEATS,
+            n_blocks=config.N_BLOCKS,
+            num_frames=config.NUM_FRAMES,
+            scale=config.SCALE,
+        )
         self.model.gradient_checkpointing = config.GRADIENT_CHECKPOINTING
         self.model.to(self.device)
         if self.channels_last:

@@ -71,3 +71,37 @@ def load_state(parts: EngineParts, state: dict[str, Any]) -> None:
         best_step=state.get("best_step"),
         validation_count=int(state.get("validation_count") or 0),
     )
+
+
+def continue_from_weights(
+    parts: EngineParts,
+    *,
+    step: int,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, dict[str, Any]] | None,
+    run_id: str,
+) -> None:
+    """Continue at `step` from weights alone (a predecessor checkpoint): the model (strict), the
+    EMA from it, Adam's per-parameter state by name when given (the hyperparameters stay this
+    run's); schedule, adaptive system, window and RNG start fresh at `step`. The sampler starts
+    as if `step` steps of this run's batch had been taken (the file does not say)."""
+    parts.model.load_state_dict(model_state, strict=True)
+    if parts.ema is not None:
+        parts.ema.load_state_dict(parts.model.state_dict())
+    if optimizer_state is not None:
+        names = {id(p): name for name, p in parts.model.named_parameters()}
+        saved = parts.optimizer.state_dict()  # this run's groups and hyperparameters
+        params = [p for group in parts.optimizer.param_groups for p in group["params"]]
+        saved["state"] = {
+            index: optimizer_state[names[id(p)]]
+            for index, p in enumerate(params)
+            if names[id(p)] in optimizer_state
+        }
+        parts.optimizer.load_state_dict(saved)
+    parts.step = step
+    parts.samples_consumed = step * parts.samples_per_step
+    parts._batches = batching.open_loader(parts) if parts.batch_plan is not None else None
+    parts.adaptive.on_resume(step)
+    parts.resumed = Resumed(
+        step=step, run_id=run_id, best_quality=None, best_step=None, validation_count=0
+    )
