@@ -49,9 +49,10 @@ L1_WEIGHT = 1.0  # in [0, 100]; live
 MS_WEIGHT = 0.1  # in [0, 100]; live
 # Weight of the image-gradient (edge) L1 loss.
 GRAD_WEIGHT = 0.1  # in [0, 100]; live
-# Weight of the VGG perceptual loss; > 0 needs PERCEPTUAL_WEIGHTS_PATH.
+# Weight of the VGG16 perceptual loss (0 = off; the VGG is built only when > 0).
 PERCEPTUAL_WEIGHT = 0.0  # in [0, 100]
-# Local file with VGG16 weights (torchvision state_dict layout); nothing is downloaded.
+# VGG16 weights file (torchvision state_dict layout); empty = torchvision's ImageNet weights
+# vgg16-397923af.pth from torch.hub's cache, downloaded there once if missing.
 PERCEPTUAL_WEIGHTS_PATH = ""
 
 # CADENCE

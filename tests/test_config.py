@@ -125,7 +125,7 @@ def test_toml_and_overrides(tmp_path: Path) -> None:
     ("values", "key", "fragment"),
     [
         ({"N_FEAT": 3}, "N_FEAT", 'did you mean "N_FEATS"'),
-        ({"val_step_every": 3}, "val_step_every", 'did you mean "VAL_STEP_EVERY"'),
+        ({"val_step_evry": 3}, "val_step_evry", 'did you mean "VAL_STEP_EVERY"'),
         ({"N_FEATS": "many"}, "N_FEATS", "must be an integer, got 'many'"),
         ({"VAL_STEP_EVERY": 0}, "VAL_STEP_EVERY", "must be in [1, 1e+10], got 0"),
         ({"MAX_LR": 2.0}, "MAX_LR", "must be in [1e-12, 1], got 2.0"),
@@ -137,7 +137,11 @@ def test_toml_and_overrides(tmp_path: Path) -> None:
         ({"GT_PATCH_SIZE": 100}, "GT_PATCH_SIZE", "multiple of SCALE=3"),
         ({"MIN_LR": 1e-3}, "MIN_LR", "must be <= MAX_LR"),
         ({"DEVICE": "tpu"}, "DEVICE", "must be"),
-        ({"PERCEPTUAL_WEIGHT": 0.1}, "PERCEPTUAL_WEIGHTS_PATH", "nothing can be downloaded"),
+        (
+            {"PERCEPTUAL_WEIGHT": 0.1, "PERCEPTUAL_WEIGHTS_PATH": "/nonexistent/vgg16.pth"},
+            "PERCEPTUAL_WEIGHTS_PATH",
+            "no such file: /nonexistent/vgg16.pth",
+        ),
     ],
 )
 def test_errors_name_the_key(values: dict, key: str, fragment: str) -> None:

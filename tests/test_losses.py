@@ -272,4 +272,4 @@ def test_missing_weight_file_is_a_clear_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file") as info:
         load_perceptual(tmp_path / "absent.pth")
     assert info.value.key == "PERCEPTUAL_WEIGHTS_PATH"
-    assert "nothing is downloaded" in str(info.value)
+    assert "point it at a torchvision VGG16 state_dict" in str(info.value)

@@ -27,6 +27,7 @@ from vsr_async.settings import (
     Config,
     build_config,
     load_config_file,
+    no_effect_lines,
     parse_overrides,
     user_config_file,
 )
@@ -172,7 +173,9 @@ def config_file_of(args: argparse.Namespace) -> tuple[Path | None, str]:
     return found, f"config file: ./{USER_CONFIG} in {here} (no --config given)"
 
 
-def config_from_args(args: argparse.Namespace, path: Path | None) -> Config:
+def config_from_args(args: argparse.Namespace, path: Path | None) -> tuple[Config, list[str]]:
+    """The run's config, and one line per predecessor key in it that has no effect here (said
+    once the run's log is open, so they reach training.log too)."""
     values: dict[str, Any] = {}
     if path is not None:
         values.update(load_config_file(path))
@@ -185,9 +188,10 @@ def config_from_args(args: argparse.Namespace, path: Path | None) -> Config:
         values["WEB_ENABLED"] = False
     if getattr(args, "no_keyboard", False):
         values["KEYBOARD_ENABLED"] = False
+    notes = no_effect_lines(values)
     if args.command == "demo":
-        return demo_config(values)
-    return build_config(values)
+        return demo_config(values), notes
+    return build_config(values), notes
 
 
 class ProgressBar:
@@ -257,10 +261,12 @@ def list_keys(write: Path | None) -> int:
     return 0
 
 
-def check(config: Config, source: str) -> int:
+def check(config: Config, source: str, notes: Sequence[str] = ()) -> int:
     print(source)
     info = scan_with_progress(config)
     print(f"config: ok ({len(config.to_dict())} keys)")
+    for note in notes:
+        print(f"note: {note}")
     print(f"dataset: {info.describe()}")
     print(
         f"model: N_FEATS={config.N_FEATS} N_BLOCKS={config.N_BLOCKS} "
@@ -277,7 +283,9 @@ def check(config: Config, source: str) -> int:
     return 0
 
 
-async def train(config: Config, args: argparse.Namespace, source: str) -> int:
+async def train(
+    config: Config, args: argparse.Namespace, source: str, notes: Sequence[str] = ()
+) -> int:
     from vsr_async.runtime.launch import build_run
 
     info = scan_with_progress(config)
@@ -289,6 +297,8 @@ async def train(config: Config, args: argparse.Namespace, source: str) -> int:
     run = build_run(config, info, resume=args.resume)
     if source:
         log.info("%s", source)
+    for note in notes:
+        log.info("%s", note)
     panel = None
     if config.WEB_ENABLED:
         from web.server import WebPanel
@@ -323,12 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in TOOLS:
             return int(importlib.import_module(f"vsr_async.tools.{args.command}").run(args))
         path, source = config_file_of(args)
-        config = config_from_args(args, path)
+        config, notes = config_from_args(args, path)
         if args.command == "check":
-            return check(config, source)
+            return check(config, source, notes)
         if args.command == "demo":
             build_demo_data(config)
-        return asyncio.run(train(config, args, source))
+        return asyncio.run(train(config, args, source, notes))
     except VsrError as exc:
         print(f"vsr_async: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -1,11 +1,17 @@
-"""VGG16 feature extractor for the perceptual loss, loaded from a local torchvision-layout file.
+"""VGG16 feature extractor for the perceptual loss, with torchvision's weights layout.
 
-Nothing is ever downloaded: the weights come from PERCEPTUAL_WEIGHTS_PATH, and any problem with
-that file is a `ConfigError` naming the key. The network is frozen and always in eval mode.
+The weights come from PERCEPTUAL_WEIGHTS_PATH, or, when it is empty, from torchvision's ImageNet
+file `vgg16-397923af.pth` in torch.hub's cache (`torch.hub.get_dir()/checkpoints`, the folder
+torchvision itself uses), downloaded there once when it is missing; no torchvision needed. Any
+problem is one `ConfigError` naming the key and the file. Loading runs where the model is built
+(the GPU thread). The network is frozen and always in eval mode.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -15,7 +21,14 @@ from torch import Tensor, nn
 
 from vsr_async.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 PerceptualLayer = Literal["relu3_3", "relu4_3"]
+
+# torchvision's VGG16 ImageNet weights (IMAGENET1K_V1), the ones the predecessor trained with.
+VGG16_FILE = "vgg16-397923af.pth"
+VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
+_VGG16_SHA256_PREFIX = "397923af"  # torchvision's names carry the start of the file's sha256
 
 _KEY = "PERCEPTUAL_WEIGHTS_PATH"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -118,34 +131,88 @@ def _first_line(exc: Exception) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def load_perceptual(path: str | Path, layer: PerceptualLayer = "relu3_3") -> VGGPerceptual:
-    """A frozen `VGGPerceptual` with the weights of a local torchvision vgg16 state_dict file.
+def hub_weights_file() -> Path:
+    """Where torch.hub (and torchvision) keep `vgg16-397923af.pth`: `get_dir()/checkpoints`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+
+
+def fetch_imagenet_vgg16() -> Path:
+    """torchvision's VGG16 ImageNet weights in torch.hub's cache, downloaded once if missing.
+
+    The download goes to a temporary file that is renamed when its sha256 matches the name, so
+    the cache never holds a partial file. Offline, one ConfigError says which file to put where.
+    """
+    path = hub_weights_file()
+    if path.is_file():
+        return path
+    log.info("downloading the VGG16 ImageNet weights (528 MB) from %s to %s", VGG16_URL, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(
+            VGG16_URL, str(path), hash_prefix=_VGG16_SHA256_PREFIX, progress=True
+        )
+        _fsync_file_and_folder(path)
+    except Exception as exc:  # offline, proxy, disk full, bad hash: all mean "not there"
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else _first_line(exc)
+        raise ConfigError(
+            _KEY,
+            f"is empty, so PERCEPTUAL_WEIGHT > 0 uses torchvision's VGG16 ImageNet weights "
+            f"{VGG16_FILE}, which are not in torch.hub's cache and could not be downloaded "
+            f"from {VGG16_URL} ({reason}): place {VGG16_FILE} in {path.parent}, or set "
+            f"{_KEY} to a copy of it, or PERCEPTUAL_WEIGHT=0",
+        ) from None
+    return path
+
+
+def _fsync_file_and_folder(path: Path) -> None:
+    """The renamed download on disk before it is trusted (a crash cannot leave half a file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_perceptual(
+    path: str | Path | None = None, layer: PerceptualLayer = "relu3_3"
+) -> VGGPerceptual:
+    """A frozen `VGGPerceptual` with the weights of a torchvision vgg16 state_dict file: `path`,
+    or when it is empty or None, torchvision's ImageNet file from torch.hub's cache.
 
     Loaded with `weights_only=True` (no code runs from the file), on the CPU; move it after.
     Every problem with the file is a ConfigError on PERCEPTUAL_WEIGHTS_PATH saying what to fix.
     """
+    if path is None or str(path) == "":
+        path = fetch_imagenet_vgg16()
+        remedy = f"delete it to download it again, or set {_KEY} to a good copy"
+    else:
+        remedy = "point it at a torchvision VGG16 state_dict, or set PERCEPTUAL_WEIGHT=0"
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
-            _KEY,
-            f"no such file: {path} (nothing is downloaded; point it at a "
-            "local VGG16 state_dict, or set PERCEPTUAL_WEIGHT=0)",
-        )
+        raise ConfigError(_KEY, f"no such file: {path} ({remedy})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a foreign file can fail in many ways; all mean "not loadable"
         raise ConfigError(
-            _KEY, f"{path} is not a loadable PyTorch state_dict ({_first_line(exc)})"
+            _KEY, f"{path} is not a loadable PyTorch state_dict ({_first_line(exc)}; {remedy})"
         ) from None
     if not isinstance(state, Mapping):
         raise ConfigError(
-            _KEY, f"{path} holds a {type(state).__name__}, expected a VGG16 state_dict"
+            _KEY, f"{path} holds a {type(state).__name__}, expected a VGG16 state_dict ({remedy})"
         )
     network = VGGPerceptual(layer)
     try:
         network.load_features(state)
     except ValueError as exc:
         raise ConfigError(
-            _KEY, f"{path} is not a torchvision VGG16 state_dict (features.N.weight keys): {exc}"
+            _KEY,
+            f"{path} is not a torchvision VGG16 state_dict (features.N.weight keys): {exc} "
+            f"({remedy})",
         ) from None
+    log.info("perceptual loss: VGG16 %s weights from %s", layer, path)
     return network

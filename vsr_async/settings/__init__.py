@@ -14,8 +14,16 @@ from vsr_async.settings.loader import (
     parse_overrides,
     user_config_file,
 )
+from vsr_async.settings.predecessor_keys import (
+    PREDECESSOR_KEYS,
+    Mapped,
+    NoEffect,
+    no_effect,
+    no_effect_line,
+    no_effect_lines,
+    our_key,
+)
 from vsr_async.settings.schema import (
-    LEGACY_KEYS,
     Config,
     build_config,
     field_docs,
@@ -27,9 +35,11 @@ from vsr_async.settings.schema import (
 from vsr_async.settings.values import describe_type
 
 __all__ = [
-    "LEGACY_KEYS",
+    "PREDECESSOR_KEYS",
     "USER_CONFIG",
     "Config",
+    "Mapped",
+    "NoEffect",
     "build_config",
     "describe_type",
     "field_docs",
@@ -38,6 +48,10 @@ __all__ = [
     "live_keys",
     "load_config",
     "load_config_file",
+    "no_effect",
+    "no_effect_line",
+    "no_effect_lines",
+    "our_key",
     "parse_overrides",
     "secret_keys",
     "user_config_file",

@@ -89,14 +89,6 @@ def check_relations(c: Any, failed: set[str]) -> list[ConfigError]:
         ),
         (
             ("PERCEPTUAL_WEIGHTS_PATH", "PERCEPTUAL_WEIGHT"),
-            lambda: perceptual_on() and not c.PERCEPTUAL_WEIGHTS_PATH,
-            lambda: (
-                "must name a local VGG16 weights file when PERCEPTUAL_WEIGHT > 0 (nothing "
-                "can be downloaded; set PERCEPTUAL_WEIGHT=0 to turn the loss off)"
-            ),
-        ),
-        (
-            ("PERCEPTUAL_WEIGHTS_PATH", "PERCEPTUAL_WEIGHT"),
             lambda: (
                 perceptual_on()
                 and bool(c.PERCEPTUAL_WEIGHTS_PATH)

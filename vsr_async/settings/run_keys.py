@@ -96,12 +96,14 @@ class RunKeys:
     )
     PERCEPTUAL_WEIGHT: float = key(
         0.0,
-        "Weight of the VGG perceptual loss; > 0 needs PERCEPTUAL_WEIGHTS_PATH.",
+        "Weight of the VGG16 perceptual loss (0 = off; the VGG is built only when > 0).",
         lo=0.0,
         hi=100.0,
     )
     PERCEPTUAL_WEIGHTS_PATH: str = key(
-        "", "Local file with VGG16 weights (torchvision state_dict layout); nothing is downloaded."
+        "",
+        "VGG16 weights file (torchvision state_dict layout); empty = torchvision's ImageNet "
+        "weights vgg16-397923af.pth from torch.hub's cache, downloaded there once if missing.",
     )
 
     # --- cadence -------------------------------------------------------------------------------

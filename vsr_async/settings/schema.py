@@ -13,12 +13,13 @@ import dataclasses
 import difflib
 import functools
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from vsr_async.errors import ConfigError, ConfigErrors
 from vsr_async.settings.checks import check_config
+from vsr_async.settings.predecessor_keys import PREDECESSOR_KEYS, Mapped, NoEffect
 from vsr_async.settings.run_keys import RunKeys
 from vsr_async.settings.values import coerce, key
 
@@ -251,13 +252,6 @@ class Config(RunKeys):
         return {name: getattr(self, name) for name in field_names() if name not in hidden}
 
 
-# Keys of the predecessor's config files that were renamed; value converters keep old files loading.
-LEGACY_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "USE_AMP": ("AMP", lambda v: "auto" if v else "off"),
-    "USE_CHECKPOINTING": ("GRADIENT_CHECKPOINTING", bool),
-}
-
-
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
@@ -285,33 +279,47 @@ def field_types() -> dict[str, Any]:
 
 
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key.upper(), field_names() + list(LEGACY_KEYS), n=1)
+    close = difflib.get_close_matches(key.upper(), field_names() + list(PREDECESSOR_KEYS), n=1)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _given_twice(key: str, first: str, second: str, a: Any, b: Any) -> ConfigError:
+    """MAX_LR and max_lr (VSR++'s name for it) both given, with different values."""
+    names = " and ".join(f"{n}={v!r}" for n, v in ((first, a), (second, b)))
+    return ConfigError(key, f"given twice with different values: {names}; keep one")
 
 
 def build_config(values: Mapping[str, Any], *, base: Config | None = None) -> Config:
     """Validate raw key → value pairs (from a file, --set or PATCH) on top of `base`.
 
-    Unknown keys get a "did you mean"; every problem is reported in one error.
+    Unknown keys get a "did you mean"; every problem is reported in one error. The predecessor's
+    keys (predecessor_keys.py) are read as the keys of ours they map to, or left out when they
+    have no effect here (the caller logs `no_effect_lines` for those).
     """
     hints = field_types()
     errors: list[ConfigError] = []
     clean: dict[str, Any] = {}
+    given_as: dict[str, str] = {}  # our key -> the name it was given under
     for raw_key, value in values.items():
         if not isinstance(raw_key, str):
             errors.append(ConfigError(repr(raw_key), "config keys must be strings like 'N_FEATS'"))
             continue
-        key = raw_key
-        if key in LEGACY_KEYS:
-            key, convert = LEGACY_KEYS[key]
-            value = convert(value)
+        entry = PREDECESSOR_KEYS.get(raw_key)
+        if isinstance(entry, NoEffect):
+            continue
+        key = entry.key if isinstance(entry, Mapped) else raw_key
         if key not in hints:
             errors.append(ConfigError(raw_key, f"unknown key{_suggest(raw_key)}"))
             continue
         try:
-            clean[key] = coerce(key, value, hints[key])
+            converted = coerce(key, entry.convert(value) if entry else value, hints[key])
         except ConfigError as exc:
             errors.append(exc)
+            continue
+        if key in clean and clean[key] != converted:
+            errors.append(_given_twice(key, given_as[key], raw_key, clean[key], converted))
+            continue
+        clean[key], given_as[key] = converted, raw_key
     start = base.to_dict() if base is not None else {}
     try:
         config = Config(**{**start, **clean})
