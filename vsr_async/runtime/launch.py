@@ -33,6 +33,7 @@ from vsr_async.files.statistics import StatisticsWriter, remove_stale_statistics
 from vsr_async.files.superseded import set_aside_newer_files
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.runtime.checkpointer import CheckpointWriter
+from vsr_async.runtime.config_recorder import ConfigRecorder
 from vsr_async.runtime.live_config import RUNTIME_CONFIG, LiveConfigRecorder, load_runtime_config
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.supervisor import Supervisor
@@ -349,6 +350,7 @@ def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLog
         checkpointer=checkpointer,
     )
     supervisor.add_hook(LiveConfigRecorder(run_dir, tensorboard))
+    supervisor.add_hook(ConfigRecorder(supervisor))  # config_step_<step>.json, TensorBoard
     supervisor.add_hook(checkpointer)  # a new best quality is saved as best.pt
     log.info("run directory %s", run_dir)
     return Run(config, run_dir, store, supervisor, run_logging, folder.lock)
