@@ -5,6 +5,7 @@ the run and frees its port."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -14,13 +15,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from helpers import TINY_SETTINGS, CliRun, cli_config, run_cli, write_toml
-from web_helpers import LiveRun, web_config
+from web_helpers import BROWSER_ARGS, LiveRun, web_config
 
 import web.tensorboard_service as service_module
 from vsr_async.errors import ConfigError
 from vsr_async.runtime.launch import build_run, scan_async
 from web.server import WebPanel
 from web.tensorboard_service import TensorBoardService, check_tensorboard_port
+
+CHROMIUM = Path(os.environ.get("VSR_CHROMIUM", "/usr/bin/chromium"))
 
 
 @pytest.fixture
@@ -83,6 +86,7 @@ async def test_tensorboard_serves_the_runs_events_beside_the_panel(
                     await asyncio.sleep(0.2)
 
             assert "Training/LearningRate" in await asyncio.wait_for(scalar_tags(), 30)
+        await check_panel_link(live, port)
     finally:
         if not task.done():
             run.supervisor.stop("test finished")
@@ -90,6 +94,27 @@ async def test_tensorboard_serves_the_runs_events_beside_the_panel(
     assert refused(port), "the port is free once the run has stopped"
     assert run.store.tensorboard_port is None
     assert board._reloader is not None and not board._reloader.is_alive()
+
+
+async def check_panel_link(live: LiveRun, port: int) -> None:
+    """In Chromium (where installed; test_web_browser.py says when it is not): the panel, opened
+    at the predecessor's /monitoring path, shows a link to this TensorBoard."""
+    try:
+        from playwright.async_api import async_playwright, expect
+    except ImportError:
+        return
+    if not CHROMIUM.is_file():
+        return
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(live.url("/monitoring"))
+            link = page.locator("#tensorboard-link")
+            await expect(link).to_be_visible(timeout=30_000)
+            await expect(link).to_have_attribute("href", f"http://127.0.0.1:{port}/")
+        finally:
+            await browser.close()
 
 
 async def test_a_busy_port_is_one_line(busy_port: int, tmp_path: Path) -> None:
