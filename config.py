@@ -13,7 +13,8 @@ Written by `python -m vsr_async config --write FILE`; `python -m vsr_async confi
 MODEL = "vsrnet"  # one of 'vsrnet', 'vsrpp'
 # Feature channels (F) in every propagation block.
 N_FEATS = 64  # in [4, 1024]
-# Residual blocks in total, split evenly between the backward and forward trunk (even).
+# Residual blocks in total, split evenly between the backward and forward trunk (even for vsrnet;
+# vsrpp rounds an odd count down, as the predecessor did).
 N_BLOCKS = 24  # in [2, 512]
 # LR frames (T) per sample; odd, the output is the centre frame.
 NUM_FRAMES = 5  # in [1, 31]
@@ -181,5 +182,11 @@ WEB_MAX_CONNECTIONS = 0  # in [0, 65536]
 # Seconds a connection may go without sending a complete request head, after connecting and
 # between requests; then it is closed. Requests being answered (event streams) are not.
 WEB_IDLE_TIMEOUT_S = 10.0  # in [0.1, 3600]
+# Serve TensorBoard (of this run's tensorboard/ folder) from the training process, on WEB_HOST;
+# the panel links to it (--tensorboard [PORT] turns it on). No token: on a non-loopback WEB_HOST
+# anyone who reaches the port can read it.
+TENSORBOARD_ENABLED = False
+# TensorBoard's port (0 = any free port, printed at start).
+TENSORBOARD_PORT = 6006  # in [0, 65535]
 # Read keys from stdin when it is a terminal (--no-keyboard turns it off).
 KEYBOARD_ENABLED = True

@@ -36,6 +36,7 @@ from vsr_async.tools import TOOLS
 log = logging.getLogger("vsr_async.cli")
 
 DEMO_DIR = Path("vsr_demo")
+CONFIGURED_PORT = object()  # `--tensorboard` without a PORT (argparse converts string consts)
 
 CONFIG_HELP = (
     f"a .toml or .py config file (default: ./{USER_CONFIG} in the working folder, as the "
@@ -110,6 +111,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.add_argument("--port", type=int, help="web panel port (default 5050; 0 = any free)")
         p.add_argument("--no-web", action="store_true", help="run without the web panel")
         p.add_argument("--no-keyboard", action="store_true", help="do not read keys from stdin")
+        p.add_argument(
+            "--tensorboard",
+            nargs="?",
+            const=CONFIGURED_PORT,  # --tensorboard without PORT: TENSORBOARD_PORT
+            type=int,
+            metavar="PORT",
+            help="serve TensorBoard from the run, beside the panel "
+            "(port: TENSORBOARD_PORT, 6006 by default; 0 = any free)",
+        )
 
     demo = sub.add_parser("demo", help="train on the embedded demo data (the default)")
     run_options(demo)
@@ -188,6 +198,11 @@ def config_from_args(args: argparse.Namespace, path: Path | None) -> tuple[Confi
         values["WEB_ENABLED"] = False
     if getattr(args, "no_keyboard", False):
         values["KEYBOARD_ENABLED"] = False
+    tensorboard = getattr(args, "tensorboard", None)
+    if tensorboard is not None:
+        values["TENSORBOARD_ENABLED"] = True
+        if tensorboard is not CONFIGURED_PORT:  # a PORT was given
+            values["TENSORBOARD_PORT"] = tensorboard
     notes = no_effect_lines(values)
     if args.command == "demo":
         return demo_config(values), notes
@@ -294,6 +309,10 @@ async def train(
         from web.server import bind_panel
 
         sockets = await bind_panel(config)
+    if config.TENSORBOARD_ENABLED:  # a busy port, too, is an error before any file
+        from web.tensorboard_service import check_tensorboard_port
+
+        await asyncio.to_thread(check_tensorboard_port, config.WEB_HOST, config.TENSORBOARD_PORT)
     run = build_run(config, info, resume=args.resume)
     if source:
         log.info("%s", source)
@@ -305,6 +324,10 @@ async def train(
 
         panel = WebPanel(run.supervisor, config, run.logging, sockets=sockets)
         run.supervisor.add_hook(panel)
+    if config.TENSORBOARD_ENABLED:
+        from web.tensorboard_service import TensorBoardService
+
+        run.supervisor.add_hook(TensorBoardService.for_run(run.store, run.run_dir, run.config))
     from vsr_async.terminal.dashboard import Dashboard
     from vsr_async.terminal.keyboard import KeyboardReader
 

@@ -18,13 +18,14 @@ from aiohttp import web
 from vsr_async.files.logs import RunLogging
 from vsr_async.runtime.supervisor import Supervisor
 from vsr_async.settings import Config
-from web import control, handlers
+from web import control, handlers, legacy_routes
 from web.events import EventHub
 from web.images import StripImages
 from web.keys import (
     CONFIG,
     EVENTS,
     IMAGES,
+    LEGACY_PANEL,
     OPENAPI,
     REGISTRY,
     REQUEST_COUNTER,
@@ -62,6 +63,8 @@ def create_app(
     app[OPENAPI] = build_openapi(token_required=policy.token_required)
     app.add_routes(handlers.routes)
     app.add_routes(control.routes)
+    app[LEGACY_PANEL] = legacy_routes.legacy_state()
+    app.add_routes(legacy_routes.routes)  # the predecessor's /monitoring paths
     app.cleanup_ctx.append(publish_events)
     app.cleanup_ctx.append(forward_log_lines)
     app.on_shutdown.append(close_event_streams)

@@ -22,5 +22,6 @@ SECURITY = web.AppKey("security", SecurityPolicy)
 EVENTS = web.AppKey("events", EventHub)
 IMAGES = web.AppKey("images", StripImages)
 OPENAPI = web.AppKey("openapi", dict)  # the document, built once per app
+LEGACY_PANEL = web.AppKey("legacy_panel", dict)  # the predecessor's refresh setting
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 REQUEST_COUNTER = web.AppKey("request_counter", Counter)

@@ -8,6 +8,7 @@ import functools
 from typing import Any
 
 from web.handlers import STATIC_FILES
+from web.legacy_routes import legacy_paths
 from web.schemas import (
     COMMAND_ACCEPTED,
     CONFIG_ACCEPTED,
@@ -293,6 +294,7 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         if command == "checkpoint":
             responses["501"] = _error("checkpoints are off for this run")
         paths[f"/{command}"] = {"post": op(summary, responses, unsafe=True, tags=("control",))}
+    paths.update(legacy_paths(op))  # the predecessor's /monitoring paths
 
     document: dict[str, Any] = {
         "openapi": "3.1.0",

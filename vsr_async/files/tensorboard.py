@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from vsr_async.files.config_record import config_markdown, hparam_values
 from vsr_async.records import AdaptiveMode, StepResult, ValidationResult
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,21 @@ class TensorBoardLogger:
 
             for name, values in histograms.items():
                 events.add(histogram(f"Histograms/{name}", values, bins=64), step)
+
+        self._submit(write)
+
+    def log_config(self, values: dict[str, Any], step: int, metrics: tuple[str, ...]) -> None:
+        """The resolved configuration at a run's start: Markdown text (the predecessor's
+        `Config/Initial_Configuration`) and hparams, with `metrics` (scalar tags) as the hparams
+        plugin's metric columns. `values` must hold no secret (`Config.public_dict()`)."""
+        self.log_text("Config/Initial_Configuration", config_markdown(values), step)
+        hparams = hparam_values(values)
+
+        def write(events: EventFile) -> None:
+            from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+            for summary in hparams_summaries(hparams, dict.fromkeys(metrics, 0.0)):
+                events.add(summary, step)
 
         self._submit(write)
 

@@ -27,6 +27,7 @@ from vsr_async.files.superseded import set_aside_newer_files
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.names import display_name
 from vsr_async.runtime.checkpointer import CheckpointWriter
+from vsr_async.runtime.config_recorder import ConfigRecorder
 from vsr_async.runtime.live_config import LiveConfigRecorder, load_runtime_config
 from vsr_async.runtime.predecessor_resume import continue_predecessor
 from vsr_async.runtime.run_folder import TENSORBOARD_DIR, RunFolder, claim_run_dir, resume_source
@@ -170,6 +171,7 @@ def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLog
         checkpointer=checkpointer,
     )
     supervisor.add_hook(LiveConfigRecorder(run_dir, tensorboard))
+    supervisor.add_hook(ConfigRecorder(supervisor))  # config_step_<step>.json, TensorBoard
     supervisor.add_hook(checkpointer)  # a new best quality is saved as best.pt
     log.info("run directory %s", run_dir)
     return Run(config, run_dir, store, supervisor, run_logging, folder.lock)

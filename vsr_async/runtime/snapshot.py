@@ -262,6 +262,14 @@ class Snapshot(TypedDict):
     stop_reason: Annotated[str | None, Key("Why the run stopped.")]
     pending_commands: Annotated[list[str], Key("Commands queued for the next step boundary.")]
     last_update_time: Annotated[str, Key("When the store last changed (ISO 8601 UTC).")]
+    tensorboard_port: Annotated[
+        int | None,
+        Key(
+            "Port of the TensorBoard this run serves (--tensorboard); null when none.",
+            minimum=1,
+            maximum=65535,
+        ),
+    ]
     # the latest validation
     validation_step: Annotated[int | None, Key("Step of the latest validation.")]
     validation_trigger: Annotated[str | None, Key("schedule, keyboard or web.")]

@@ -48,6 +48,7 @@ class StatsStore:
         self.pending_commands: list[str] = []
         self.extra: dict[str, Any] = {}  # runtime facts set once (device, precision, batch plan)
         self.config_live: dict[str, Any] = {}  # current values of the live-changeable keys
+        self.tensorboard_port: int | None = None  # the TensorBoard this run serves, if any
         self.last_update_time = utc_now_iso()
         self.loss_history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
         self.quality_history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
@@ -190,6 +191,10 @@ class StatsStore:
         self.extra.update(values)
         self._touch()
 
+    def set_tensorboard_port(self, port: int | None) -> None:
+        self.tensorboard_port = port
+        self._touch()
+
     def mark_stopped(self, reason: str) -> None:
         self.stopped, self.stop_reason = True, reason
         self.training_active = False
@@ -275,6 +280,7 @@ class StatsStore:
             "stop_reason": self.stop_reason,
             "pending_commands": self.pending_commands,
             "last_update_time": self.last_update_time,
+            "tensorboard_port": self.tensorboard_port,
             # validation
             "validation_step": v.step,
             "validation_trigger": v.trigger,

@@ -229,6 +229,15 @@ class Config(RunKeys):
         lo=0.1,
         hi=3600.0,
     )
+    TENSORBOARD_ENABLED: bool = key(
+        False,
+        "Serve TensorBoard (of this run's tensorboard/ folder) from the training process, on "
+        "WEB_HOST; the panel links to it (--tensorboard [PORT] turns it on). No token: on a "
+        "non-loopback WEB_HOST anyone who reaches the port can read it.",
+    )
+    TENSORBOARD_PORT: int = key(
+        6006, "TensorBoard's port (0 = any free port, printed at start).", lo=0, hi=65535
+    )
     KEYBOARD_ENABLED: bool = key(
         True, "Read keys from stdin when it is a terminal (--no-keyboard turns it off)."
     )

@@ -144,6 +144,7 @@
     renderActivity(snap.layer_activity_map || {});
     renderImageTable(snap.validation_images || []);
     renderRuntime(snap.runtime || {});
+    renderTensorBoardLink(snap.tensorboard_port);
     renderConfigValues(snap.config_live || {});
 
     const errorText = snap.last_statistics_error;
@@ -194,6 +195,15 @@
     }
     const pending = (snap.pending_commands || []).map((n) => COMMAND_NAMES[n] || n);
     $("pending").textContent = pending.length ? "queued: " + pending.join(", ") : "";
+  }
+
+  // TensorBoard (--tensorboard) listens on the panel's host: link to the name this page was
+  // opened with (location.hostname keeps an IPv6 address's brackets).
+  function renderTensorBoardLink(port) {
+    const link = $("tensorboard-link");
+    link.hidden = !num(port);
+    const href = num(port) ? "http://" + location.hostname + ":" + port + "/" : "";
+    if (href && link.getAttribute("href") !== href) link.setAttribute("href", href);
   }
 
   function renderActivity(map) {
