@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from vsr_async.tools.video_source import VideoScan, expand_inputs, file_identity
 
     out = require_output_folder("--out", args.out)
-    settings = settings_from(args)
+    settings, sizes = settings_from(args)
     videos = expand_inputs(list(args.videos))
     identity = {
         "format": FORMAT,
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             scans = _scan_all(videos, settings, bar)
             clips, dropped = plan_clips(scans, settings)  # an error here erases the bar too
     done = set(state.get("done", ()))
+    print(f"sizes: {sizes}; LR: {_lr_steps(settings)}")
     _report_plan(scans, clips, dropped)
     if state:
         print(
@@ -109,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def settings_from(args: argparse.Namespace) -> Any:
-    """Settings from the options, sizes from the config; every bad value is one line."""
+def settings_from(args: argparse.Namespace) -> tuple[Any, str]:
+    """Settings from the options, sizes from the config, and where the sizes came from; every
+    bad value is one line."""
     from vsr_async.settings import build_config, load_config_file, user_config_file
     from vsr_async.tools.degradations import Degradation
     from vsr_async.tools.prepare_plan import Settings
@@ -142,6 +144,9 @@ def settings_from(args: argparse.Namespace) -> Any:
     _require("--cut-threshold", threshold > 0, "must be > 0")
     degradation = Degradation(scale, args.blur, args.noise, args.jpeg, args.h264).to_dict()
     del degradation["scale"]
+    origin = f"config file {display_name(source)}" if source is not None else "the defaults"
+    sizes = f"SCALE={scale} NUM_FRAMES={frames} GT_PATCH_SIZE={patch} (from {origin}"
+    sizes += " and options)" if given else ")"
     return Settings(
         layout=args.layout,
         scale=scale,
@@ -154,7 +159,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         seed=args.seed,
         cut_threshold=threshold,
         degradation=degradation,
-    )
+    ), sizes
 
 
 def _require(option: str, ok: bool, message: str) -> None:
@@ -241,6 +246,12 @@ def _scan_all(videos: list[Path], settings: Any, bar: Any) -> list[Any]:
 
 def _scanned(bar: Any, base: int, done: int) -> None:
     bar.update(completed=base + done)
+
+
+def _lr_steps(settings: Any) -> str:
+    from vsr_async.tools.degradations import Degradation
+
+    return Degradation(scale=settings.scale, **settings.degradation).describe()
 
 
 def _report_plan(scans: list[Any], clips: list[Any], dropped: list[Any]) -> None:
