@@ -274,3 +274,15 @@ def test_bad_inputs_are_one_line_and_leave_nothing(
     assert prepare(str(videos), "--out", str(not_ours), *SIZES) == 1
     assert "not empty" in one_error_line(capsys)
     assert [p.name for p in not_ours.iterdir()] == ["keep.txt"]
+
+
+def test_without_pyav_it_says_which_pip_install_adds_it(
+    videos: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "av", None)  # what `import av` meets when it is not installed
+    assert prepare(str(videos), "--out", str(tmp_path / "out"), *SIZES) == 1
+    assert "pip install 'vsr_async[video]'" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()

@@ -108,8 +108,9 @@ def _h264_round_trip(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Encode the LR frames with x264 (yuv420p) and decode them back, streaming: the encoder
     holds a few frames of lookahead, so HR frames wait in a queue for their LR partner."""
-    import av
+    from vsr_async.tools.video_source import pyav
 
+    av = pyav()
     encoder: Any = None
     decoder: Any = av.CodecContext.create("h264", "r")
     waiting: deque[np.ndarray] = deque()

@@ -101,8 +101,20 @@ def file_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def pyav() -> Any:
+    """The `av` module (PyAV), or one line saying how to install it."""
+    try:
+        import av
+    except ImportError:
+        raise VsrError(
+            "reading and writing videos needs PyAV, which is not installed: "
+            "pip install 'vsr_async[video]' (or: pip install av)"
+        ) from None
+    return av
+
+
 def _open(path: Path) -> Any:
-    import av
+    av = pyav()
 
     if not path.is_file():
         raise VideoError(path, "is not a file" if path.exists() else "no such file")
@@ -123,7 +135,7 @@ def _reason(exc: BaseException) -> str:
 
 def _frames(path: Path, container: Any) -> Iterator[Any]:
     """The decoded frames of the first video stream; a decoding failure names the frame."""
-    import av
+    av = pyav()
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
