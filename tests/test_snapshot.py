@@ -170,6 +170,10 @@ def test_a_validation_request_reports_the_definitions_request_metrics() -> None:
         "psnr_ki_db",
         "ssim_lr",
         "ssim_ki",
+        "psnr_y_lr_db",
+        "psnr_y_ki_db",
+        "ssim_y_lr",
+        "ssim_y_ki",
         "validation_loss_value",
     }
     full = stores()["full"].snapshot()

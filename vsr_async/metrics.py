@@ -2,6 +2,8 @@
 
 Pure tensor code: it runs on the input's device and never reads a value back to the host, so
 validation can batch images and sync once. Definitions match scikit-image's (data range 1).
+`psnr_y` / `ssim_y` score the luma channel with a border cropped, as super-resolution papers
+report them (ITU-R BT.601 Y as MATLAB's `rgb2ycbcr`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+
+# ITU-R BT.601 luma for RGB in [0, 1], as MATLAB's rgb2ycbcr (and scikit-image's): Y in
+# [16, 235] on the 8-bit scale. Divided by 255 here, so Y is in [16/255, 235/255] and PSNR/SSIM
+# take data range 1 (the same numbers as Y in [16, 235] with data range 255).
+Y_OFFSET = 16.0
+Y_WEIGHTS = (65.481, 128.553, 24.966)
 
 
 def _as_batch(a: Tensor, b: Tensor, name: str) -> tuple[Tensor, Tensor, bool]:
@@ -103,3 +111,53 @@ def quality(psnr_db: Tensor | float, ssim_value: Tensor | float) -> Tensor | flo
         return math.nan  # like the tensor path: NaN in, NaN out, never a silent 0
     p_term = min(max((p_db - 20.0) / 30.0, 0.0), 1.0)
     return min(max(0.7 * p_term + 0.3 * s_val, 0.0), 1.0)
+
+
+def rgb_to_y(image: Tensor) -> Tensor:
+    """BT.601 luma of RGB in [0, 1], as MATLAB's `rgb2ycbcr(...)(:, :, 1) / 255`.
+
+    [..., 3, H, W] → [..., 1, H, W], in the input's dtype (no rounding to 8 bits).
+    """
+    if image.dim() < 3 or image.shape[-3] != 3:
+        raise ValueError(f"rgb_to_y: expected [..., 3, H, W], got {tuple(image.shape)}")
+    weights = torch.tensor(Y_WEIGHTS, device=image.device, dtype=image.dtype).view(3, 1, 1)
+    y = (image * weights).sum(dim=-3, keepdim=True)  # [..., 1, H, W]
+    return (y + Y_OFFSET) / 255.0
+
+
+def crop_border(image: Tensor, border: int) -> Tensor:
+    """`border` pixels cut off every side (papers cut SCALE pixels: the upscaler cannot know
+    what lies beyond the frame). [..., H, W] → [..., H − 2·border, W − 2·border]."""
+    if border < 0:
+        raise ValueError(f"crop_border: border must be >= 0, got {border}")
+    if border == 0:
+        return image
+    h, w = image.shape[-2:]
+    if h <= 2 * border or w <= 2 * border:
+        raise ValueError(f"crop_border: a {w}×{h} image leaves nothing inside a {border}px border")
+    return image[..., border : h - border, border : w - border]
+
+
+def _y_pair(a: Tensor, b: Tensor, border: int, name: str) -> tuple[Tensor, Tensor]:
+    """Luma of both images (converted in float64, like scikit-image), border cropped."""
+    if a.shape != b.shape:
+        raise ValueError(f"{name}: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    dtype = torch.float32 if a.device.type == "mps" else torch.float64
+    return (
+        crop_border(rgb_to_y(a.to(dtype)), border),
+        crop_border(rgb_to_y(b.to(dtype)), border),
+    )
+
+
+def psnr_y(a: Tensor, b: Tensor, border: int = 0) -> Tensor:
+    """PSNR in dB on the BT.601 Y channel with `border` pixels cropped on every side: what
+    papers report. RGB in [0, 1]: [3,H,W] → 0-dim tensor, [N,3,H,W] → [N], float32."""
+    y_a, y_b = _y_pair(a, b, border, "psnr_y")
+    return psnr(y_a, y_b)
+
+
+def ssim_y(a: Tensor, b: Tensor, border: int = 0) -> Tensor:
+    """SSIM (as `ssim`) on the BT.601 Y channel with `border` pixels cropped on every side.
+    RGB in [0, 1]: [3,H,W] → 0-dim tensor, [N,3,H,W] → [N], float32."""
+    y_a, y_b = _y_pair(a, b, border, "ssim_y")
+    return ssim(y_a, y_b)

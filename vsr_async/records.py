@@ -6,6 +6,7 @@ Kept free of torch so the store, the web layer and the dashboard import it cheap
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import asdict, dataclass, field
 from statistics import fmean
 from typing import Any, NamedTuple, Protocol
@@ -131,7 +132,11 @@ class StepResult:
 
 @dataclass(frozen=True)
 class ImageMetrics:
-    """One validation image: bicubic ("LR") and model output ("KI") against the GT."""
+    """One validation image: bicubic ("LR") and model output ("KI") against the GT.
+
+    The `_y_` numbers are on the BT.601 Y channel with SCALE pixels cropped at every border
+    (how papers report), NaN where the image is too small for that crop (null in the snapshot).
+    """
 
     name: str
     psnr_lr_db: float
@@ -140,6 +145,10 @@ class ImageMetrics:
     ssim_ki: float
     quality_lr: float
     quality_ki: float
+    psnr_y_lr_db: float = math.nan
+    psnr_y_ki_db: float = math.nan
+    ssim_y_lr: float = math.nan
+    ssim_y_ki: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,3 +203,23 @@ class ValidationResult:
     @property
     def ssim_ki(self) -> float:
         return fmean(m.ssim_ki for m in self.images)
+
+    @property
+    def psnr_y_lr_db(self) -> float:
+        return fmean(m.psnr_y_lr_db for m in self.images)
+
+    @property
+    def psnr_y_ki_db(self) -> float:
+        return fmean(m.psnr_y_ki_db for m in self.images)
+
+    @property
+    def psnr_y_gain_db(self) -> float:
+        return self.psnr_y_ki_db - self.psnr_y_lr_db
+
+    @property
+    def ssim_y_lr(self) -> float:
+        return fmean(m.ssim_y_lr for m in self.images)
+
+    @property
+    def ssim_y_ki(self) -> float:
+        return fmean(m.ssim_y_ki for m in self.images)

@@ -74,6 +74,12 @@ def validation_scalars(result: ValidationResult) -> dict[str, float]:
         "Metrics/PSNR_Gain": result.psnr_gain_db,
         "Metrics/KI_SSIM": result.ssim_ki,
         "Metrics/LR_SSIM": result.ssim_lr,
+        # Y channel (BT.601), SCALE pixels cropped at the border: the numbers papers report
+        "Metrics/KI_PSNR_Y": result.psnr_y_ki_db,
+        "Metrics/LR_PSNR_Y": result.psnr_y_lr_db,
+        "Metrics/PSNR_Gain_Y": result.psnr_y_gain_db,
+        "Metrics/KI_SSIM_Y": result.ssim_y_ki,
+        "Metrics/LR_SSIM_Y": result.ssim_y_lr,
         "Validation/Loss": result.loss,
         "Validation/Duration_s": result.duration_s,
     }

@@ -76,7 +76,7 @@ class RunPublisher:
         self.tensorboard.log_validation(step, result)
         log.info(
             "validation at step %d (%s): quality LR %.2f%% -> output %.2f%% (improvement "
-            "%+.2f%%), PSNR %.2f -> %.2f dB",
+            "%+.2f%%), PSNR %.2f -> %.2f dB (Y channel %.2f -> %.2f dB)",
             step,
             trigger,
             result.quality_lr * 100,
@@ -84,4 +84,6 @@ class RunPublisher:
             result.quality_improvement * 100,
             result.psnr_lr_db,
             result.psnr_ki_db,
+            result.psnr_y_lr_db,
+            result.psnr_y_ki_db,
         )

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict, cast
 
-from vsr_async.records import AdaptiveMode, ImageMetrics, LossTerm
+from vsr_async.records import AdaptiveMode, ImageMetrics, LossTerm, ValidationResult
 from vsr_async.runtime.commands import Phase
 
 SCHEMA_VERSION = 1  # `schema_version`: bump it when a key is renamed or removed or changes type
@@ -88,8 +88,10 @@ QUALITY = Family(
     "Quality of the latest validation (0-1): bicubic (lr), model output (ki), improvement.",
     "kind",
 )
-PSNR = Family("vsr_psnr_db", "PSNR of the latest validation in dB.", "kind")
-SSIM = Family("vsr_ssim", "SSIM of the latest validation.", "kind")
+PSNR = Family(
+    "vsr_psnr_db", "PSNR of the latest validation in dB (y_*: Y channel, border cropped).", "kind"
+)
+SSIM = Family("vsr_ssim", "SSIM of the latest validation (y_*: Y channel, border cropped).", "kind")
 LAYER_ACTIVITY = Family("vsr_layer_activity", "Mean |activation| per block.", "layer")
 
 
@@ -103,6 +105,10 @@ class ValidationImage(TypedDict):
     ssim_ki: Annotated[float | None, Key("SSIM of the model output.")]
     quality_lr: Annotated[float | None, Key("Quality (0-1) of the bicubic upscale.")]
     quality_ki: Annotated[float | None, Key("Quality (0-1) of the model output.")]
+    psnr_y_lr_db: Annotated[float | None, Key("PSNR of the bicubic upscale on Y, border cropped.")]
+    psnr_y_ki_db: Annotated[float | None, Key("PSNR of the model output on Y, border cropped.")]
+    ssim_y_lr: Annotated[float | None, Key("SSIM of the bicubic upscale on Y, border cropped.")]
+    ssim_y_ki: Annotated[float | None, Key("SSIM of the model output on Y, border cropped.")]
 
 
 class Snapshot(TypedDict):
@@ -282,6 +288,21 @@ class Snapshot(TypedDict):
     psnr_gain_db: Annotated[float | None, Key("psnr_ki_db - psnr_lr_db.", PSNR("gain"))]
     ssim_lr: Annotated[float | None, request_metric("Mean SSIM of bicubic.", SSIM("lr"))]
     ssim_ki: Annotated[float | None, request_metric("Mean SSIM of the output.", SSIM("ki"))]
+    # the same on the Y channel (BT.601) with SCALE pixels cropped at the border, as papers
+    # report them (`y_channel_keys`); the RGB keys above keep their meaning
+    psnr_y_lr_db: Annotated[
+        float | None, request_metric("Mean Y-channel PSNR of bicubic.", PSNR("y_lr"))
+    ]
+    psnr_y_ki_db: Annotated[
+        float | None, request_metric("Mean Y-channel PSNR of the output.", PSNR("y_ki"))
+    ]
+    psnr_y_gain_db: Annotated[float | None, Key("psnr_y_ki_db - psnr_y_lr_db.", PSNR("y_gain"))]
+    ssim_y_lr: Annotated[
+        float | None, request_metric("Mean Y-channel SSIM of bicubic.", SSIM("y_lr"))
+    ]
+    ssim_y_ki: Annotated[
+        float | None, request_metric("Mean Y-channel SSIM of the output.", SSIM("y_ki"))
+    ]
     validation_images: Annotated[list[ValidationImage], Key("Per image: PSNR, SSIM, quality.")]
     validation_duration_s: Annotated[
         float | None, Key("Latest validation's time.", gauge("vsr_validation_duration_seconds"))
@@ -331,3 +352,25 @@ def request_metrics(snapshot: Snapshot) -> dict[str, Any]:
 def image_entry(image: ImageMetrics) -> ValidationImage:
     """One `validation_images` entry (the dataclass's fields are the entry's keys)."""
     return cast(ValidationImage, image.to_dict())
+
+
+class YChannelKeys(TypedDict):
+    """The snapshot's Y-channel keys (a part of `Snapshot`, filled by `y_channel_keys`)."""
+
+    psnr_y_lr_db: float | None
+    psnr_y_ki_db: float | None
+    psnr_y_gain_db: float | None
+    ssim_y_lr: float | None
+    ssim_y_ki: float | None
+
+
+def y_channel_keys(result: ValidationResult | None) -> YChannelKeys:
+    """The Y-channel means of the latest validation (None before the first)."""
+    r = result
+    return {
+        "psnr_y_lr_db": r.psnr_y_lr_db if r else None,
+        "psnr_y_ki_db": r.psnr_y_ki_db if r else None,
+        "psnr_y_gain_db": r.psnr_y_gain_db if r else None,
+        "ssim_y_lr": r.ssim_y_lr if r else None,
+        "ssim_y_ki": r.ssim_y_ki if r else None,
+    }

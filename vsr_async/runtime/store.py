@@ -21,7 +21,7 @@ from vsr_async.runtime.json_values import (
     with_display_names,
 )
 from vsr_async.runtime.run_state import Progress, Timing, ValidationState
-from vsr_async.runtime.snapshot import SCHEMA_VERSION, Snapshot, image_entry
+from vsr_async.runtime.snapshot import SCHEMA_VERSION, Snapshot, image_entry, y_channel_keys
 
 HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
 
@@ -291,6 +291,7 @@ class StatsStore:
             "psnr_gain_db": r.psnr_gain_db if r else None,
             "ssim_lr": r.ssim_lr if r else None,
             "ssim_ki": r.ssim_ki if r else None,
+            **y_channel_keys(r),
             "validation_images": [image_entry(m) for m in r.images] if r else [],
             "validation_duration_s": r.duration_s if r else None,
             "validation_used_ema": r.used_ema if r else None,

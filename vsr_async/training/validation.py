@@ -1,5 +1,6 @@
 """Validation: PSNR, SSIM and quality of the bicubic upscale ("LR") and of the model output
-("KI") against the GT, per image, plus the LR | output | GT strips for the panel.
+("KI") against the GT, per image, plus the LR | output | GT strips for the panel. PSNR and SSIM
+also on the Y channel with SCALE pixels cropped at the border, as papers report them.
 
 Plain synchronous code for the GPU thread; one device→host transfer per image.
 """
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsr_async.errors import ValidationInterrupted
-from vsr_async.metrics import psnr, quality, ssim
+from vsr_async.metrics import SSIM_WINDOW, psnr, psnr_y, quality, ssim, ssim_y
 from vsr_async.nn.tiling import TiledInference
 from vsr_async.records import ImageMetrics, ValidationResult
 
@@ -27,6 +28,23 @@ STRIP_IMAGES = 8  # validation images that get an LR | output | GT strip (panel,
 def bicubic_upscale(frame: Tensor, scale: int) -> Tensor:
     """The "LR" reference: bicubic upscaling of the centre LR frame, [B,3,h,w] → [B,3,H,W]."""
     return F.interpolate(frame, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def y_channel_scores(lr_up: Tensor, sr: Tensor, gt: Tensor, border: int) -> Tensor:
+    """[PSNR-Y LR, PSNR-Y KI, SSIM-Y LR, SSIM-Y KI] of one image ([1,3,H,W] each) on the device,
+    `border` pixels cropped; NaN where the image is too small for the crop (or for SSIM's
+    window after it)."""
+    h, w = gt.shape[-2:]
+    nan = torch.full((), float("nan"), device=gt.device)
+    inner = min(h, w) - 2 * border
+    p_lr, p_ki = (
+        (psnr_y(lr_up, gt, border)[0], psnr_y(sr, gt, border)[0]) if inner > 0 else (nan, nan)
+    )
+    if inner >= SSIM_WINDOW:
+        s_lr, s_ki = ssim_y(lr_up, gt, border)[0], ssim_y(sr, gt, border)[0]
+    else:
+        s_lr, s_ki = nan, nan
+    return torch.stack([p_lr, p_ki, s_lr, s_ki])
 
 
 def to_strip(lr_up: Tensor, sr: Tensor, gt: Tensor) -> np.ndarray:
@@ -72,16 +90,21 @@ def run_validation(
                 sr = tiling(model, lr_frames, scale=scale, name=name)  # [1, 3, H, W]
             sr = sr.float().clamp(0, 1)  # metrics on the clamped output (DESIGN §3)
             lr_up = bicubic_upscale(lr_frames[:, centre].float(), scale).clamp(0, 1)
-            values = torch.stack(
+            values = torch.cat(
                 [
-                    psnr(lr_up, gt)[0],
-                    psnr(sr, gt)[0],
-                    ssim(lr_up, gt)[0],
-                    ssim(sr, gt)[0],
-                    F.l1_loss(sr, gt),
+                    torch.stack(
+                        [
+                            psnr(lr_up, gt)[0],
+                            psnr(sr, gt)[0],
+                            ssim(lr_up, gt)[0],
+                            ssim(sr, gt)[0],
+                            F.l1_loss(sr, gt),
+                        ]
+                    ),
+                    y_channel_scores(lr_up, sr, gt, border=scale),
                 ]
             ).tolist()  # one sync per image
-            p_lr, p_ki, s_lr, s_ki, l1 = values
+            p_lr, p_ki, s_lr, s_ki, l1, py_lr, py_ki, sy_lr, sy_ki = values
             images.append(
                 ImageMetrics(
                     name=name,
@@ -91,6 +114,10 @@ def run_validation(
                     ssim_ki=s_ki,
                     quality_lr=float(quality(p_lr, s_lr)),
                     quality_ki=float(quality(p_ki, s_ki)),
+                    psnr_y_lr_db=py_lr,
+                    psnr_y_ki_db=py_ki,
+                    ssim_y_lr=sy_lr,
+                    ssim_y_ki=sy_ki,
                 )
             )
             losses.append(l1)
