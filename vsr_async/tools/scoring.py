@@ -16,9 +16,14 @@ from torch import Tensor, nn
 
 from vsr_async.data.images import to_tensor
 from vsr_async.errors import CheckpointError, OptionError
-from vsr_async.files.checkpoints import SHAPE_KEYS, check_archive, load_checkpoint
+from vsr_async.files.checkpoints import (
+    SHAPE_KEYS,
+    check_archive,
+    load_checkpoint,
+    saved_model_name,
+)
 from vsr_async.metrics import SSIM_WINDOW, crop_border, psnr, psnr_y, ssim, ssim_y
-from vsr_async.nn.model import VSRNet
+from vsr_async.nn.models import Model, build_model
 from vsr_async.nn.tiling import TiledInference
 from vsr_async.training.validation import bicubic_upscale
 
@@ -29,7 +34,7 @@ Scores = dict[str, float | None]
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: VSRNet
+    model: Model
     path: Path
     step: int
     weights: str  # "ema" or "live"
@@ -55,16 +60,23 @@ def model_from_checkpoint(path: Path, device: torch.device, weights: str = "auto
     check_archive(path)
     state = load_checkpoint(path)
     saved = state["config"] if isinstance(state["config"], dict) else {}
-    missing = [k for k in SHAPE_KEYS if not isinstance(saved.get(k), int)]
+    size_keys = [k for k in SHAPE_KEYS if k != "MODEL"]
+    missing = [k for k in size_keys if not isinstance(saved.get(k), int)]
     if missing:
         raise CheckpointError(path, f"does not say its model shape (no {', '.join(missing)})")
-    shape = {k: int(saved[k]) for k in SHAPE_KEYS}
+    shape = {k: int(saved[k]) for k in size_keys}
     has_ema = state.get("ema") is not None
     if weights == "ema" and not has_ema:
         raise CheckpointError(path, "holds no EMA weights (trained with EMA_DECAY=0)")
     use = "ema" if weights == "ema" or (weights == "auto" and has_ema) else "live"
     try:
-        model = VSRNet(shape["N_FEATS"], shape["N_BLOCKS"], shape["NUM_FRAMES"], shape["SCALE"])
+        model = build_model(
+            saved_model_name(state),
+            n_feats=shape["N_FEATS"],
+            n_blocks=shape["N_BLOCKS"],
+            num_frames=shape["NUM_FRAMES"],
+            scale=shape["SCALE"],
+        )
         model.load_state_dict(state["ema"] if use == "ema" else state["model"])
     except (ValueError, RuntimeError) as exc:
         detail = str(exc).strip().splitlines()[0][:200]
