@@ -60,7 +60,7 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x1f\x7f]")
 
 
-def _why_unloadable(path: Path, exc: Exception) -> str:
+def why_unloadable(path: Path, exc: Exception) -> str:
     """A few plain words on why torch could not load a file (its own text runs to paragraphs of
     advice about weights_only, sometimes with terminal colour codes)."""
     if _size(path) == 0:
@@ -116,7 +116,7 @@ def load_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(path, "no such file") from None
     except Exception as exc:  # torch raises many types for damaged zips and bad pickles
-        raise CheckpointError(path, f"cannot be loaded: {_why_unloadable(path, exc)}") from None
+        raise CheckpointError(path, f"cannot be loaded: {why_unloadable(path, exc)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(path, "does not hold a vsr_async checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in state]

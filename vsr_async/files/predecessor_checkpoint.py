@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from vsr_async.errors import CheckpointError
+from vsr_async.files.checkpoints import why_unloadable
 
 MODEL_NAME = "vsrpp"  # the config MODEL that builds its VSRBidirectional_3x
 _NAME = re.compile(r"^checkpoint_step_(\d+)(?:_([A-Za-z0-9_]+))?\.pth$")
@@ -157,7 +158,7 @@ def load_predecessor_checkpoint(path: Path) -> PredecessorCheckpoint:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(path, f"cannot be loaded safely: {_refused(exc)}") from None
     except Exception as exc:  # torch raises many types for damaged archives
-        raise CheckpointError(path, f"cannot be loaded: {_damage(path, exc)}") from None
+        raise CheckpointError(path, f"cannot be loaded: {why_unloadable(path, exc)}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model_state_dict"), Mapping):
         raise CheckpointError(path, "does not hold a VSR++ checkpoint (no model_state_dict)")
     step = raw.get("step")
@@ -180,23 +181,6 @@ def load_predecessor_checkpoint(path: Path) -> PredecessorCheckpoint:
 
 
 _GLOBAL = re.compile(r"GLOBAL (\S+)")
-
-
-def _damage(path: Path, exc: Exception) -> str:
-    """A few plain words for a file torch could not read at all."""
-    try:
-        empty = path.stat().st_size == 0
-    except OSError:
-        empty = False
-    if empty:
-        return "the file is empty"
-    if isinstance(exc, EOFError):
-        return "the file ends early (truncated)"
-    if isinstance(exc, IsADirectoryError):
-        return "it is a directory"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return f"damaged: not a complete PyTorch archive ({type(exc).__name__})"
 
 
 def _refused(exc: pickle.UnpicklingError) -> str:

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from vsr_async.nn.activity import read_activity_means
+
 
 def _init_scaled(conv: nn.Conv2d, scale: float) -> None:
     """Kaiming-normal weights times `scale`, zero bias (BasicSR's `default_init_weights`).
@@ -198,21 +200,10 @@ class VSRNet(nn.Module):
         return list(self._activity_names)
 
     def read_activity(self, reset: bool = True) -> dict[str, float]:
-        """Mean |activation| per block since the last reset; {} if nothing was tracked.
-
-        The one host sync of this module: call it only on logging steps.
-        """
-        count_and_sums = torch.cat(
-            [self.activity_count.to(self.activity_sum).view(1), self.activity_sum]
+        """Mean |activation| per block since the last reset ({} if none); syncs: logging steps."""
+        return read_activity_means(
+            self.activity_sum, self.activity_count, self._activity_names, reset
         )
-        values = count_and_sums.tolist()  # CPU-GPU sync, deliberately here and only here
-        if reset:
-            self.activity_sum.zero_()
-            self.activity_count.zero_()
-        count, sums = values[0], values[1:]
-        if count == 0:
-            return {}
-        return {name: s / count for name, s in zip(self._activity_names, sums, strict=True)}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from vsr_async.nn.activity import read_activity_means
+
 SCALE = 3  # fixed by the architecture (PixelShuffle(3), bilinear ×3 base)
 
 
@@ -198,18 +200,7 @@ class VSRBidirectional_3x(nn.Module):  # the predecessor's class name, kept
         return list(self._activity_names)
 
     def read_activity(self, reset: bool = True) -> dict[str, float]:
-        """Mean |activation| per entry since the last reset; {} if nothing was tracked.
-
-        The one host sync of this module: call it only on logging steps.
-        """
-        count_and_sums = torch.cat(
-            [self.activity_count.to(self.activity_sum).view(1), self.activity_sum]
+        """Mean |activation| per entry since the last reset ({} if none); syncs: logging steps."""
+        return read_activity_means(
+            self.activity_sum, self.activity_count, self._activity_names, reset
         )
-        values = count_and_sums.tolist()  # CPU-GPU sync, deliberately here and only here
-        if reset:
-            self.activity_sum.zero_()
-            self.activity_count.zero_()
-        count, sums = values[0], values[1:]
-        if count == 0:
-            return {}
-        return {name: s / count for name, s in zip(self._activity_names, sums, strict=True)}
