@@ -31,6 +31,7 @@ from vsr_async.settings import (
     parse_overrides,
     user_config_file,
 )
+from vsr_async.terminal.progress import ProgressBar
 from vsr_async.tools import TOOLS
 
 log = logging.getLogger("vsr_async.cli")
@@ -207,35 +208,6 @@ def config_from_args(args: argparse.Namespace, path: Path | None) -> tuple[Confi
     if args.command == "demo":
         return demo_config(values), notes
     return build_config(values), notes
-
-
-class ProgressBar:
-    """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
-
-    def __init__(self, label: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self._progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._task = self._progress.add_task(label, total=None)
-
-    def __enter__(self) -> ProgressBar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def update(self, done: int, total: int, label: str | None = None) -> None:
-        kwargs: dict[str, Any] = {"completed": done, "total": total}
-        if label:
-            kwargs["description"] = label
-        self._progress.update(self._task, **kwargs)
 
 
 def build_demo_data(config: Config) -> None:
