@@ -20,6 +20,15 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def iso_utc(unix_seconds: float) -> str:
+    """Unix seconds as ISO 8601 UTC (`2026-01-02T03:04:05Z`), as `utc_now_iso` writes them."""
+    return (
+        datetime.fromtimestamp(unix_seconds, UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
+
+
 def format_duration(seconds: float | None) -> str | None:
     """`1d 02:03:04` / `02:03:04`; None while unknown (no step timed yet)."""
     if seconds is None or not math.isfinite(seconds):

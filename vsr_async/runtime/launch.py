@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from vsr_async.errors import CheckpointError, ConfigError
 from vsr_async.files.checkpoints import check_compatible, find_resume_checkpoint, load_checkpoint
 from vsr_async.files.logs import LOG_NAME, RunLogging
+from vsr_async.files.predecessor_checkpoint import MODEL_NAME as PREDECESSOR_MODEL
 from vsr_async.files.predecessor_checkpoint import is_predecessor_checkpoint
 from vsr_async.files.run_lock import RunLock
 from vsr_async.files.statistics import StatisticsWriter
@@ -153,7 +154,11 @@ def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLog
     source = resume_source(config, resume)  # auto: the checkpoints of the folder actually used
     if folder.resuming:  # only the checkpoint's own folder's live config goes with it
         config = load_runtime_config(run_dir, config)
-    store = StatsStore(run_id=new_run_id(), step_max=config.MAX_STEPS)
+    store = StatsStore(
+        run_id=new_run_id(),
+        step_max=config.MAX_STEPS,
+        predecessor_activity_names=config.MODEL == PREDECESSOR_MODEL,
+    )
     store.skipped_files.extend(display_name(s.path) for s in dataset_info.skipped)
     statistics = StatisticsWriter(
         run_dir, on_written=store.statistics_written, on_error=store.statistics_failed

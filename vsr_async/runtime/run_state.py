@@ -39,6 +39,10 @@ class Timing:
         """A pause or validation: the next step's duration starts when training resumes."""
         self.last_step_at = None
 
+    def resume(self, now: float) -> None:
+        """Training starts or goes on after a pause: the next step's duration starts now."""
+        self.last_step_at = now
+
     @property
     def seconds_per_step(self) -> float | None:
         return sum(self.window) / len(self.window) if self.window else None

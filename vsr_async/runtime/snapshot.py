@@ -10,6 +10,8 @@ store or knows HTTP.
 
 from __future__ import annotations
 
+import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal, TypedDict, cast
 from vsr_async.records import AdaptiveMode, ImageMetrics, LossTerm, ValidationResult
 from vsr_async.runtime.commands import Phase
 
-SCHEMA_VERSION = 1  # `schema_version`: bump it when a key is renamed or removed or changes type
+SCHEMA_VERSION = 2  # `schema_version`: bump it when a key is renamed or removed or changes type
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,9 @@ class Snapshot(TypedDict):
     step_max: Annotated[
         int, count("Optimizer steps of the whole run (MAX_STEPS).", gauge("vsr_step_max"))
     ]
-    epoch_num: Annotated[int, count("Current epoch (0-based).", gauge("vsr_epoch"))]
+    epoch_num: Annotated[
+        int, Key("Current epoch, counted from 1 (as before).", gauge("vsr_epoch"), minimum=1)
+    ]
     epoch_step_current: Annotated[int, count("Optimizer steps done in this epoch.")]
     epoch_step_total: Annotated[int, count("Optimizer steps of one epoch.")]
     learning_rate_value: Annotated[
@@ -218,7 +222,15 @@ class Snapshot(TypedDict):
     eta_total_formatted: Annotated[str | None, Key("Run time left, from training steps only.")]
     eta_epoch_formatted: Annotated[str | None, Key("Epoch time left, from training steps only.")]
     layer_activity_map: Annotated[
-        dict[str, float | None], Key("Mean |activation| per block.", LAYER_ACTIVITY())
+        dict[str, float | None],
+        Key(
+            "Mean |activation| per block (MODEL vsrpp: the predecessor's names, `Backward 1`…).",
+            LAYER_ACTIVITY(),
+        ),
+    ]
+    layer_activity_peak_value: Annotated[
+        float | None,
+        Key("Largest entry of layer_activity_map.", gauge("vsr_layer_activity_peak")),
     ]
     nonfinite_steps_skipped: Annotated[
         int,
@@ -267,7 +279,13 @@ class Snapshot(TypedDict):
     ]
     stop_reason: Annotated[str | None, Key("Why the run stopped.")]
     pending_commands: Annotated[list[str], Key("Commands queued for the next step boundary.")]
-    last_update_time: Annotated[str, Key("When the store last changed (ISO 8601 UTC).")]
+    last_update_time: Annotated[
+        float, Key("When the store last changed (Unix seconds, as before).", minimum=0)
+    ]
+    last_update_iso: Annotated[str, Key("last_update_time as ISO 8601 UTC.")]
+    local_ip_address: Annotated[
+        str, Key("This host's LAN address (the panel's, for other machines); 127.0.0.1 if none.")
+    ]
     tensorboard_port: Annotated[
         int | None,
         Key(
@@ -374,3 +392,27 @@ def y_channel_keys(result: ValidationResult | None) -> YChannelKeys:
         "ssim_y_lr": r.ssim_y_lr if r else None,
         "ssim_y_ki": r.ssim_y_ki if r else None,
     }
+
+
+_BLOCK_NAME = re.compile(r"(Backward|Forward)_Block_0*(\d+)")
+
+
+def predecessor_activity_name(name: str) -> str:
+    """The predecessor's `layer_activity_map` entry name for one of its model's blocks, as its
+    Statistik files had them: `Backward_Block_01` → `Backward 1`, `Backward_Fuse` → `Backward
+    Fuse`, `Final_Fusion` → `Final Fusion` (its TensorBoard keeps the underscore names)."""
+    block = _BLOCK_NAME.fullmatch(name)
+    if block is not None:
+        return f"{block[1]} {int(block[2])}"
+    return name.replace("_", " ")
+
+
+def activity_keys(
+    activity: Mapping[str, float], predecessor_names: bool
+) -> tuple[dict[str, float | None], float | None]:
+    """`layer_activity_map` (in the predecessor's names for its model) and its peak."""
+    entries: dict[str, float | None] = {
+        (predecessor_activity_name(name) if predecessor_names else name): value
+        for name, value in activity.items()
+    }
+    return entries, max((v for v in activity.values() if math.isfinite(v)), default=None)

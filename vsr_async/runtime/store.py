@@ -17,11 +17,18 @@ from vsr_async.records import StepResult, StepStats, ValidationResult
 from vsr_async.runtime.json_values import (
     finite_or_none,
     format_duration,
+    iso_utc,
     utc_now_iso,
     with_display_names,
 )
 from vsr_async.runtime.run_state import Progress, Timing, ValidationState
-from vsr_async.runtime.snapshot import SCHEMA_VERSION, Snapshot, image_entry, y_channel_keys
+from vsr_async.runtime.snapshot import (
+    SCHEMA_VERSION,
+    Snapshot,
+    activity_keys,
+    image_entry,
+    y_channel_keys,
+)
 
 HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
 
@@ -29,8 +36,11 @@ HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points a
 class StatsStore:
     """Run state as typed fields; every snapshot key is derived from them in `snapshot()`."""
 
-    def __init__(self, *, run_id: str, step_max: int) -> None:
+    def __init__(
+        self, *, run_id: str, step_max: int, predecessor_activity_names: bool = False
+    ) -> None:
         self.run_id = run_id
+        self.predecessor_activity_names = predecessor_activity_names  # MODEL "vsrpp"
         self.progress = Progress(step_max=step_max)
         self.stats: StepStats | None = None  # latest logging-step numbers
         self.timing = Timing()
@@ -49,7 +59,8 @@ class StatsStore:
         self.extra: dict[str, Any] = {}  # runtime facts set once (device, precision, batch plan)
         self.config_live: dict[str, Any] = {}  # current values of the live-changeable keys
         self.tensorboard_port: int | None = None  # the TensorBoard this run serves, if any
-        self.last_update_time = utc_now_iso()
+        self.local_ip_address = "127.0.0.1"  # set once at the start (`host_address`)
+        self.last_update_time = time.time()
         self.loss_history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
         self.quality_history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
         self.version = 0
@@ -59,7 +70,7 @@ class StatsStore:
 
     def _touch(self) -> None:
         self.version += 1
-        self.last_update_time = utc_now_iso()
+        self.last_update_time = time.time()
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -105,6 +116,8 @@ class StatsStore:
             self.training_paused = paused
         if not self.training_active or self.training_paused:
             self.timing.interrupt()
+        else:  # the next step is timed from now: one step suffices for a duration and an ETA
+            self.timing.resume(time.monotonic())
         self._touch()
 
     def validation_started(self, trigger: str) -> None:
@@ -191,6 +204,16 @@ class StatsStore:
         self.extra.update(values)
         self._touch()
 
+    def set_local_ip_address(self, address: str) -> None:
+        self.local_ip_address = address
+        self._touch()
+
+    def publish_stats(self, stats: StepStats) -> None:
+        """Numbers read when a validation starts before this process's first logging step, so
+        its Statistik file holds real losses, weights and adaptive state (never null)."""
+        self.stats = stats
+        self._touch()
+
     def set_tensorboard_port(self, port: int | None) -> None:
         self.tensorboard_port = port
         self._touch()
@@ -218,13 +241,16 @@ class StatsStore:
         r = v.result
         eta_total, eta_epoch = self.eta_seconds()
         adaptive = s.adaptive if s is not None else None
+        activity, activity_peak = activity_keys(
+            s.activity if s else {}, self.predecessor_activity_names
+        )
         snap: Snapshot = {
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_id,
             # progress
             "step_current": p.step,
             "step_max": p.step_max,
-            "epoch_num": p.epoch,
+            "epoch_num": p.epoch + 1,  # counted from 1, as the predecessor's files
             "epoch_step_current": p.epoch_step,
             "epoch_step_total": p.epoch_steps_total,
             "learning_rate_value": p.learning_rate,
@@ -266,7 +292,8 @@ class StatsStore:
             "adam_momentum_avg": s.adam_momentum_avg if s else None,
             "eta_total_formatted": format_duration(eta_total),
             "eta_epoch_formatted": format_duration(eta_epoch),
-            "layer_activity_map": dict(s.activity) if s else {},
+            "layer_activity_map": activity,
+            "layer_activity_peak_value": activity_peak,
             "nonfinite_steps_skipped": s.nonfinite_steps if s else 0,
             "corrupt_files_skipped": len(self.skipped_files),
             "corrupt_files": self.skipped_files[-20:],
@@ -280,6 +307,8 @@ class StatsStore:
             "stop_reason": self.stop_reason,
             "pending_commands": self.pending_commands,
             "last_update_time": self.last_update_time,
+            "last_update_iso": iso_utc(self.last_update_time),
+            "local_ip_address": self.local_ip_address,
             "tensorboard_port": self.tensorboard_port,
             # validation
             "validation_step": v.step,

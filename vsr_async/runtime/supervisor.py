@@ -21,6 +21,7 @@ from vsr_async.runtime import commands as cmd
 from vsr_async.runtime.checkpointer import Checkpointer
 from vsr_async.runtime.commands import Phase, RequestStatus, Trigger, ValidationRequest
 from vsr_async.runtime.hooks import RunHook, RunHooks
+from vsr_async.runtime.host_address import local_ip_address
 from vsr_async.runtime.live_config import check_live_changes, live_values
 from vsr_async.runtime.producers import CommandProducers
 from vsr_async.runtime.publish import RunPublisher
@@ -111,6 +112,7 @@ class Supervisor(CommandProducers):
         try:
             await self.hooks.start()
             self.statistics.start()
+            self.store.set_local_ip_address(await asyncio.to_thread(local_ip_address))
             if not self.worker.started:
                 await self.worker.start()  # model, optimizer and data, on the GPU thread
             await self.worker.ensure_batch_plan()  # "auto": the probe
@@ -261,6 +263,10 @@ class Supervisor(CommandProducers):
         self.store.validation_started(trigger.value)
         log.info("validation started at step %d (%s)", self.store.progress.step, trigger.value)
         try:
+            if self.store.stats is None:  # before the first logging step: read them now
+                stats = await self.worker.peek_stats()
+                if stats is not None:
+                    self.store.publish_stats(stats)
             result = await self.worker.validate(
                 self.store.set_validation_progress, self._stop_requested.is_set
             )
@@ -279,10 +285,11 @@ class Supervisor(CommandProducers):
         step = self.store.progress.step
         await self.worker.on_validation(step, result.quality_ki)
         self._publish_runtime()  # e.g. validation tiles after an out-of-memory clip
+        # the phase leaves VALIDATING with `validation_running`, before the file's snapshot
+        self.phase = previous if self.phase is Phase.VALIDATING else self.phase
         improved = self.store.publish_validation(result, step=step, trigger=trigger.value)
         snapshot = self.store.snapshot()  # the results are in; training may go on after this
         written = self.statistics.submit(step, snapshot)
-        self.phase = previous if self.phase is Phase.VALIDATING else self.phase
         self.publisher.validation_logged(step, result, trigger.value)
         await self.hooks.validated(step, result, improved)
         if request is not None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vsr_async.records import StepResult, ValidationResult
+from vsr_async.records import StepResult, StepStats, ValidationResult
 from vsr_async.settings import Config
 
 if TYPE_CHECKING:
@@ -102,6 +102,10 @@ class GpuWorker:
             loop.call_soon_threadsafe(progress, fraction)
 
         return await self._call(lambda engine: engine.validate(report, should_stop))
+
+    async def peek_stats(self) -> StepStats | None:
+        """The logging window's numbers so far, without closing it (None: no step ran)."""
+        return await self._call(lambda engine: engine.peek_stats())
 
     async def on_validation(self, step: int, quality_ki: float) -> None:
         """Validation quality for the adaptive system (plateau detection)."""

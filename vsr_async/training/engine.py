@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from vsr_async.records import StepResult, ValidationResult
+from vsr_async.records import StepResult, StepStats, ValidationResult
 from vsr_async.settings import Config
 from vsr_async.training import batching, state, step, telemetry
 from vsr_async.training.batch_fit import BatchPlan
@@ -61,6 +61,9 @@ class TrainingEngine(EngineParts):
 
     def train_step(self) -> StepResult:
         return step.train_step(self)
+
+    def peek_stats(self) -> StepStats | None:
+        return telemetry.peek_stats(self)
 
     # --- validation ----------------------------------------------------------------------------
 

@@ -97,6 +97,9 @@ class EngineParts:
         self.runtime_version = 0  # bumped when a fact of `telemetry.runtime_facts` changes
         self._batches: Iterator[TrainBatch] | None = None  # yields the plan's micro-batches
         self.window = StepWindow(self.device)
+        # activity is tracked on logging steps, and on every step until the first is read, so
+        # a validation before the first logging step has a layer activity map too
+        self.activity_read = False
         self.resumed: Resumed | None = None
 
     def _perceptual(self, config: Config) -> torch.nn.Module | None:

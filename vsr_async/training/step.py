@@ -57,7 +57,7 @@ def train_step(parts: EngineParts) -> StepResult:
     assert parts.batch_plan is not None
 
     parts.model.train()
-    parts.model.track_activity = logging_step
+    parts.model.track_activity = logging_step or not parts.activity_read
     samples = batching.next_samples(parts)  # on the host; split into micro-batches when used
     skipped = [path for part in samples for path in part.skipped]
     terms, sr, gt = accumulate_fitting(parts, samples, weights, step_index + 1)

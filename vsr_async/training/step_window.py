@@ -62,6 +62,13 @@ class StepWindow:
 
     def read(self, extra: Sequence[Tensor] = ()) -> WindowMeans:
         """The logging-cadence sync: one device→host transfer, then a fresh window."""
+        return self._means(extra, reset=True)
+
+    def peek(self, extra: Sequence[Tensor] = ()) -> WindowMeans:
+        """The window's means so far, left open (a validation before the first logging step)."""
+        return self._means(extra, reset=False)
+
+    def _means(self, extra: Sequence[Tensor], *, reset: bool) -> WindowMeans:
         counters: _Counters[Tensor] = _Counters(
             self.grad_norm_sum, self.window_nonfinite, self.nonfinite_total, self.nonfinite_streak
         )
@@ -77,10 +84,11 @@ class StepWindow:
         sums = values[:LOSS_VALUES]
         read: _Counters[float] = _Counters._make(values[LOSS_VALUES:after_sums])
         finite_steps = max(self.steps - int(read.window_nonfinite), 1)
-        self.term_sum.zero_()
-        self.grad_norm_sum.zero_()
-        self.window_nonfinite.zero_()
-        self.steps = 0
+        if reset:
+            self.term_sum.zero_()
+            self.grad_norm_sum.zero_()
+            self.window_nonfinite.zero_()
+            self.steps = 0
         return WindowMeans(
             losses=LossMeans._make(v / finite_steps for v in sums),
             grad_norm=read.grad_norm_sum / finite_steps,

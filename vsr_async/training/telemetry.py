@@ -15,6 +15,7 @@ import torch
 from vsr_async.records import StepStats
 from vsr_async.training.adaptive import AdaptiveSystem
 from vsr_async.training.parts import EngineParts
+from vsr_async.training.step_window import WindowMeans
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +29,43 @@ def host_memory_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def read_stats(parts: EngineParts) -> StepStats:
-    """The logging-cadence sync: one transfer of every window sum, then a new window."""
+def _momentum(parts: EngineParts) -> tuple[torch.Tensor, int]:
+    """Sum of |first moment| over the optimizer's state (on the device) and its element count."""
     momentum_sum, momentum_count = torch.zeros((), device=parts.device), 0
     for state in parts.optimizer.state.values():
         if "exp_avg" in state:
             momentum_sum += state["exp_avg"].abs().sum()
             momentum_count += state["exp_avg"].numel()
+    return momentum_sum, momentum_count
+
+
+def read_stats(parts: EngineParts) -> StepStats:
+    """The logging-cadence sync: one transfer of every window sum, then a new window."""
+    momentum_sum, momentum_count = _momentum(parts)
     means = parts.window.read(extra=[momentum_sum])
-    (momentum_total,) = means.extra
     smoothed = AdaptiveSystem.loss_at_targets(parts.config, means.losses)
     parts.adaptive.update(parts.step, smoothed, means.losses.perceptual)
     log_adaptive_events(parts)
     activity = parts.model.read_activity(reset=True)
     parts.model.track_activity = False
+    parts.activity_read = True
+    return _stats(parts, means, momentum_count, activity)
+
+
+def peek_stats(parts: EngineParts) -> StepStats | None:
+    """The numbers so far, changing nothing (no new window, no adaptive update): for a
+    validation before the first logging step. None while no step has run in the window."""
+    if parts.window.steps == 0:
+        return None
+    momentum_sum, momentum_count = _momentum(parts)
+    means = parts.window.peek(extra=[momentum_sum])
+    return _stats(parts, means, momentum_count, parts.model.read_activity(reset=False))
+
+
+def _stats(
+    parts: EngineParts, means: WindowMeans, momentum_count: int, activity: dict[str, float]
+) -> StepStats:
+    (momentum_total,) = means.extra
     vram_peak = vram_reserved = None
     if parts.device.type == "cuda":
         vram_peak = torch.cuda.max_memory_allocated(parts.device) / 1e9
