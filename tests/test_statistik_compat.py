@@ -19,7 +19,8 @@ from helpers import read_json, wait_until
 from vsr_async.files.statistics import list_statistics
 from vsr_async.runtime.commands import Trigger
 from vsr_async.runtime.host_address import local_ip_address
-from vsr_async.runtime.snapshot import SNAPSHOT_KEYS, predecessor_activity_name
+from vsr_async.runtime.snapshot import SNAPSHOT_KEYS
+from vsr_async.runtime.snapshot_values import predecessor_activity_name
 
 INT, FLOAT, STR, BOOL, DICT = "int", "float", "str", "bool", "dict"
 

@@ -10,14 +10,12 @@ store or knows HTTP.
 
 from __future__ import annotations
 
-import math
-import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict, cast
 
-from vsr_async.records import AdaptiveMode, ImageMetrics, LossTerm, ValidationResult
+from vsr_async.records import AdaptiveMode, LossTerm
 from vsr_async.runtime.commands import Phase
 
 SCHEMA_VERSION = 2  # `schema_version`: bump it when a key is renamed or removed or changes type
@@ -365,54 +363,3 @@ def request_metrics(snapshot: Snapshot) -> dict[str, Any]:
     """The `metrics` of a finished validation request: its numbers, as the snapshot has them."""
     values = cast(Mapping[str, Any], snapshot)
     return {f.name: values[f.name] for f in REQUEST_METRIC_FIELDS}
-
-
-def image_entry(image: ImageMetrics) -> ValidationImage:
-    """One `validation_images` entry (the dataclass's fields are the entry's keys)."""
-    return cast(ValidationImage, image.to_dict())
-
-
-class YChannelKeys(TypedDict):
-    """The snapshot's Y-channel keys (a part of `Snapshot`, filled by `y_channel_keys`)."""
-
-    psnr_y_lr_db: float | None
-    psnr_y_ki_db: float | None
-    psnr_y_gain_db: float | None
-    ssim_y_lr: float | None
-    ssim_y_ki: float | None
-
-
-def y_channel_keys(result: ValidationResult | None) -> YChannelKeys:
-    """The Y-channel means of the latest validation (None before the first)."""
-    r = result
-    return {
-        "psnr_y_lr_db": r.psnr_y_lr_db if r else None,
-        "psnr_y_ki_db": r.psnr_y_ki_db if r else None,
-        "psnr_y_gain_db": r.psnr_y_gain_db if r else None,
-        "ssim_y_lr": r.ssim_y_lr if r else None,
-        "ssim_y_ki": r.ssim_y_ki if r else None,
-    }
-
-
-_BLOCK_NAME = re.compile(r"(Backward|Forward)_Block_0*(\d+)")
-
-
-def predecessor_activity_name(name: str) -> str:
-    """The predecessor's `layer_activity_map` entry name for one of its model's blocks, as its
-    Statistik files had them: `Backward_Block_01` → `Backward 1`, `Backward_Fuse` → `Backward
-    Fuse`, `Final_Fusion` → `Final Fusion` (its TensorBoard keeps the underscore names)."""
-    block = _BLOCK_NAME.fullmatch(name)
-    if block is not None:
-        return f"{block[1]} {int(block[2])}"
-    return name.replace("_", " ")
-
-
-def activity_keys(
-    activity: Mapping[str, float], predecessor_names: bool
-) -> tuple[dict[str, float | None], float | None]:
-    """`layer_activity_map` (in the predecessor's names for its model) and its peak."""
-    entries: dict[str, float | None] = {
-        (predecessor_activity_name(name) if predecessor_names else name): value
-        for name, value in activity.items()
-    }
-    return entries, max((v for v in activity.values() if math.isfinite(v)), default=None)

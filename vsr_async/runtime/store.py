@@ -25,10 +25,8 @@ from vsr_async.runtime.run_state import Progress, Timing, ValidationState
 from vsr_async.runtime.snapshot import (
     SCHEMA_VERSION,
     Snapshot,
-    activity_keys,
-    image_entry,
-    y_channel_keys,
 )
+from vsr_async.runtime.snapshot_values import activity_keys, image_entry, y_channel_keys
 
 HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
 
