@@ -67,8 +67,9 @@ SAVE_STEP_EVERY = 10000  # in [1, 1e+10]; live
 LOG_TBOARD_EVERY = 100  # in [1, 1e+10]; live
 # Write weight histograms to TensorBoard every this many steps.
 HIST_STEP_EVERY = 500  # in [1, 1e+10]; live
-# Newest checkpoints kept, besides the best one.
-KEEP_CHECKPOINTS = 3  # in [1, 1000]; live
+# Newest periodic checkpoints kept, besides the best one (0 = keep every one, as the predecessor
+# did).
+KEEP_CHECKPOINTS = 3  # in [0, 1000]; live
 
 # DATA
 # Run ("Learn") directory: Statistik files, checkpoints, TensorBoard, training.log.

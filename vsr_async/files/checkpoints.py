@@ -8,9 +8,9 @@ Files hold only tensors and plain Python values, so they load with `torch.load(w
 Retention deletes only this run's own older files: the periodic checkpoints this process wrote,
 plus its resumed lineage (files in this folder at or below the resume step that load and carry
 the run's run_id, when it resumed from a file in this folder). It keeps the KEEP_CHECKPOINTS
-newest of those; everything else (files of other runs, files above the resume step it did not
-write, files that fail to load, `best.pt`) is left alone. `best.pt` is replaced only by a model
-whose quality beats the one it holds.
+newest of those (0: all of them, as the predecessor did); everything else (files of other runs,
+files above the resume step it did not write, files that fail to load, `best.pt`) is left alone.
+`best.pt` is replaced only by a model whose quality beats the one it holds.
 """
 
 from __future__ import annotations
@@ -196,7 +196,10 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def retention_victims(candidates: dict[str, int], keep: int, newest_own: str | None) -> list[str]:
-    """Names to delete: all but the `keep` highest steps of `candidates`, never `newest_own`."""
+    """Names to delete: all but the `keep` highest steps of `candidates`, never `newest_own`;
+    none when `keep` is 0 (KEEP_CHECKPOINTS = 0 keeps every checkpoint)."""
+    if keep == 0:
+        return []
     ranked = sorted(candidates.items(), key=lambda item: (item[1], item[0]), reverse=True)
     return [name for name, _ in ranked[max(keep, 1) :] if name != newest_own]
 

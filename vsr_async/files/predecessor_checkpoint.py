@@ -140,9 +140,10 @@ class PredecessorCheckpoint:
     timestamp: str | None
 
 
-def load_predecessor_checkpoint(path: Path) -> PredecessorCheckpoint:
+def load_predecessor_checkpoint(path: Path, *, lazy: bool = False) -> PredecessorCheckpoint:
     """Load one predecessor checkpoint on the CPU (weights_only, see the module docstring);
-    anything unreadable or incomplete is a one-line CheckpointError naming the file."""
+    anything unreadable or incomplete is a one-line CheckpointError naming the file. `lazy`
+    maps the tensors instead of reading them, for callers that need only its step or metrics."""
     path = Path(path)
     if torch.__version__ < "2.6":  # (class, "name") stand-ins for safe_globals came with 2.6
         raise CheckpointError(
@@ -152,7 +153,7 @@ def load_predecessor_checkpoint(path: Path) -> PredecessorCheckpoint:
     try:
         with torch.serialization.safe_globals(_STAND_INS), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of old files
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except FileNotFoundError:
         raise CheckpointError(path, "no such file") from None
     except pickle.UnpicklingError as exc:

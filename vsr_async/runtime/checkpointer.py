@@ -105,6 +105,8 @@ class CheckpointWriter(RunHook):
 
     def _retain(self, keep: int) -> None:
         scope = self._scope
+        if keep == 0:  # KEEP_CHECKPOINTS = 0: every checkpoint stays
+            return
         if scope.lineage is None:
             scope.lineage = find_lineage(self.directory, self._resumed, scope.own)
         for name in retention_victims(scope.candidates(), keep, scope.newest_own()):

@@ -151,7 +151,7 @@ def _assemble(folder: RunFolder, dataset_info: Any, resume: str, console_log: bo
 
 def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLogging) -> Run:
     config, run_dir = folder.config, folder.path
-    source = resume_source(config, resume)  # auto: the checkpoints of the folder actually used
+    source = folder.source  # auto: the checkpoints of the folder actually used
     if folder.resuming:  # only the checkpoint's own folder's live config goes with it
         config = load_runtime_config(run_dir, config)
     store = StatsStore(

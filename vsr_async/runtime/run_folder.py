@@ -18,11 +18,12 @@ from vsr_async.files.logs import LOG_NAME
 from vsr_async.files.predecessor_checkpoint import (
     MODEL_NAME,
     is_predecessor_checkpoint,
+    list_predecessor_checkpoints,
     wrong_model_message,
 )
 from vsr_async.files.run_lock import RunLock, folder_busy, folder_in_use
 from vsr_async.files.statistics import remove_stale_statistics_temps
-from vsr_async.runtime.live_config import RUNTIME_CONFIG
+from vsr_async.runtime.live_config import OWN_RUNTIME_CONFIG, RUNTIME_CONFIG
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -50,6 +51,7 @@ class RunFolder:
     lock: RunLock
     resuming: bool  # continues the checkpoint in this folder: its runtime_config.json applies
     notices: list[str]  # said once the run's log is open (so they reach training.log too)
+    source: Path | None = None  # what the engine continues from (`--resume auto`: in `path`)
 
 
 def claim_run_dir(config: Any, source: Path | None) -> RunFolder:
@@ -70,12 +72,19 @@ def claim_run_dir(config: Any, source: Path | None) -> RunFolder:
         config = config.replace({"DATA_ROOT": str(run_dir)})
         shown = ", ".join(p.relative_to(base).as_posix() for p in earlier[:3])
         more = ", ..." if len(earlier) > 3 else ""
-        why = "" if source is None else " and no checkpoint this start continues"
-        notices.append(
-            f"{base} holds an earlier run's files ({shown}{more}){why}; they are kept "
-            f"untouched and this run writes to {run_dir} (to continue it later, set DATA_ROOT "
-            "to that folder)"
-        )
+        if source is not None and source.parent == base and is_predecessor_checkpoint(source):
+            notices.append(
+                f"{base} is a VSR++ (predecessor) Learn folder: continuing from its "
+                f"checkpoint {source.name}; its files are kept untouched and this run writes "
+                f"to {run_dir} (to continue it later, set DATA_ROOT to that folder)"
+            )
+        else:
+            why = "" if source is None else " and no checkpoint this start continues"
+            notices.append(
+                f"{base} holds an earlier run's files ({shown}{more}){why}; they are kept "
+                f"untouched and this run writes to {run_dir} (to continue it later, set "
+                "DATA_ROOT to that folder)"
+            )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -90,7 +99,9 @@ def claim_run_dir(config: Any, source: Path | None) -> RunFolder:
     except BaseException:
         lock.release()
         raise
-    return RunFolder(config, run_dir, lock, resuming, notices)
+    if source == base / CHECKPOINT_DIR:  # auto: the checkpoints of the folder used
+        source = run_dir / CHECKPOINT_DIR
+    return RunFolder(config, run_dir, lock, resuming, notices, source)
 
 
 def check_layout(run_dir: Path) -> None:
@@ -109,11 +120,15 @@ def check_layout(run_dir: Path) -> None:
         )
 
 
-# What marks a folder as holding a run: its outputs. A stale lock file, temp files and a
-# `superseded/` folder without these are not a run.
+# What marks a folder as holding a run: its outputs, ours and the predecessor's (VSR++: its
+# checkpoints and runtime_config*.json lie in DATA_ROOT itself). A stale lock file, temp files
+# and a `superseded/` folder without these are not a run.
 RUN_OUTPUTS = (
     "Statistik_*.json",
     RUNTIME_CONFIG,
+    OWN_RUNTIME_CONFIG,
+    "runtime_config*.json",
+    "checkpoint_step_*.pth",
     f"{CHECKPOINT_DIR}/*.pt",
     f"{TENSORBOARD_DIR}/*",
 )
@@ -188,7 +203,11 @@ def resume_source(config: Any, resume: str) -> Path | None:
     if resume == "never":
         return None
     if resume == "auto":
-        return Path(config.DATA_ROOT).expanduser().resolve() / CHECKPOINT_DIR
+        run_dir = Path(config.DATA_ROOT).expanduser().resolve()
+        checkpoints = run_dir / CHECKPOINT_DIR
+        if resumable_checkpoint(checkpoints) is None:  # none of ours: a predecessor folder?
+            return predecessor_source(config, run_dir) or checkpoints
+        return checkpoints
     path = Path(resume).expanduser()
     if not path.is_file():
         raise CheckpointError(path, "no such file (--resume takes auto, never or a file)")
@@ -196,3 +215,20 @@ def resume_source(config: Any, resume: str) -> Path | None:
     if config.MODEL != MODEL_NAME and is_predecessor_checkpoint(path):
         raise CheckpointError(path, wrong_model_message())
     return path
+
+
+def predecessor_source(config: Any, run_dir: Path) -> Path | None:
+    """`--resume auto` in a predecessor (VSR++) Learn folder: its newest checkpoint file (a
+    cheap look at each; none of them is loaded here). MODEL must build its model."""
+    found = [f.path for f in list_predecessor_checkpoints(run_dir)]
+    newest = next((path for path in found if is_predecessor_checkpoint(path)), None)
+    if newest is None:
+        return None
+    if config.MODEL != MODEL_NAME:
+        raise ConfigError(
+            "MODEL",
+            f"{run_dir} is a VSR++ (predecessor) Learn folder (newest checkpoint "
+            f'{newest.name}); set MODEL = "{MODEL_NAME}" to continue it, or start with '
+            "--resume never to train a new model in a sibling folder",
+        )
+    return newest

@@ -133,7 +133,12 @@ class RunKeys:
         live=True,
     )
     KEEP_CHECKPOINTS: int = key(
-        3, "Newest checkpoints kept, besides the best one.", lo=1, hi=1000, live=True
+        3,
+        "Newest periodic checkpoints kept, besides the best one (0 = keep every one, as the "
+        "predecessor did).",
+        lo=0,
+        hi=1000,
+        live=True,
     )
 
     # --- data ----------------------------------------------------------------------------------

@@ -14,4 +14,5 @@ from __future__ import annotations
 TOOLS: tuple[str, ...] = (
     "evaluate",
     "prepare",
+    "checkpoints",
 )  # module names under vsr_async.tools, in the order `--help` shows
