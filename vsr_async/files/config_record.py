@@ -8,21 +8,31 @@ Secret keys never appear: every value comes from `Config.public_dict()`.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from vsr_async.files.atomic import write_atomic_async
 
-CONFIG_RECORD_PATTERN = re.compile(r"config_step_(\d+)\.json")
 
-
-def config_record_name(step: int) -> str:
+def config_record_name(step: int, start: int = 1) -> str:
     """`config_step_0012345.json`: one file per start, named by the step it starts at (a
-    resumed run adds one; zero-padded like the predecessor's `runtime_config_step_*.json`)."""
-    return f"config_step_{step:07d}.json"
+    resumed run adds one; zero-padded like the predecessor's `runtime_config_step_*.json`).
+    A second start at the same step (a resume from an older checkpoint) is `..._2.json`: an
+    earlier start's record is never overwritten."""
+    suffix = "" if start == 1 else f"_{start}"
+    return f"config_step_{step:07d}{suffix}.json"
+
+
+def free_record_path(run_dir: Path, step: int) -> Path:
+    """The first record name at `step` that no earlier start has taken (one writer per folder:
+    the run lock)."""
+    start = 1
+    while (path := Path(run_dir) / config_record_name(step, start)).exists():
+        start += 1
+    return path
 
 
 def config_record(config: Any, *, step: int, run_id: str) -> dict[str, Any]:
@@ -37,7 +47,7 @@ def config_record(config: Any, *, step: int, run_id: str) -> dict[str, Any]:
 
 async def write_config_record(run_dir: Path, record: dict[str, Any]) -> Path:
     """Write the record atomically into `run_dir` (aiofiles: the event loop never blocks)."""
-    path = Path(run_dir) / config_record_name(record["step"])
+    path = await asyncio.to_thread(free_record_path, Path(run_dir), record["step"])
     data = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     await write_atomic_async(path, data.encode("utf-8"))
     return path
