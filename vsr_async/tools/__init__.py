@@ -11,4 +11,7 @@ CLI lists the modules in `TOOLS`.
 
 from __future__ import annotations
 
-TOOLS: tuple[str, ...] = ()  # module names under vsr_async.tools, in the order `--help` shows
+TOOLS: tuple[str, ...] = (
+    "upscale",
+    "export",
+)  # module names under vsr_async.tools, in the order `--help` shows
