@@ -20,12 +20,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from vsr_async.data.images import to_tensor
 from vsr_async.nn.tiling import TiledInference
+from vsr_async.tools.pixels import to_pixels
 from vsr_async.tools.video_sink import FrameSink
 from vsr_async.tools.video_source import FrameInfo, FrameSource
 from vsr_async.training.precision import PrecisionPlan
@@ -52,13 +52,11 @@ class InferencePlan:
         return torch.autocast(self.device.type, dtype=dtype)
 
     @torch.no_grad()
-    def __call__(self, windows: Tensor) -> np.ndarray:
-        """[B, T, 3, h, w] float in [0, 1] (CPU) -> B uint8 HxWx3 frames (as `to_uint8` rounds)."""
+    def __call__(self, windows: Tensor) -> Tensor:
+        """[B, T, 3, h, w] float in [0, 1] (CPU) -> [B, 3, H, W] on the device."""
         lr = windows.to(self.device, non_blocking=True)
         with self.autocast():
-            sr = self.tiling(self.model, lr, scale=self.scale, name="batch")  # [B, 3, H, W]
-        quantised = sr.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-        return quantised.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # the one sync per batch
+            return self.tiling(self.model, lr, scale=self.scale, name="batch")
 
 
 class SlidingWindows:
@@ -182,7 +180,8 @@ def run_pipeline(
         for batch in _batches(_windows(decoded, stop, plan.num_frames), plan.batch):
             infos = [info for info, _ in batch]
             windows = torch.stack([torch.stack(frames) for _, frames in batch])  # [B, T, 3, h, w]
-            for info, frame in zip(infos, plan(windows), strict=True):
+            frames = to_pixels(plan(windows), sink.pixel_format)
+            for info, frame in zip(infos, frames, strict=True):
                 _put(writer.queue, (info, frame), stop)
             written += len(batch)
         _put(writer.queue, _END, stop)

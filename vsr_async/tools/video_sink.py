@@ -29,16 +29,19 @@ named explicitly."""
 @dataclass(frozen=True)
 class Codec:
     encoder: str
-    pix_fmt: str
+    pix_fmt: str  # what the encoder stores
+    given: str  # what the pipeline hands the sink (pixels.PIXEL_FORMATS)
     suffixes: tuple[str, ...]  # containers that hold it
-    lossless: bool
 
 
 CODECS = {
-    "h264": Codec("libx264", "yuv420p", (".mp4", ".m4v", ".mov", ".mkv"), lossless=False),
-    "ffv1": Codec("ffv1", "bgr0", (".mkv",), lossless=True),  # RGB, so bit-exact round trips
+    # YUV 4:2:0 made on the device (pixels.py), so the writer thread does no colour conversion
+    "h264": Codec("libx264", "yuv420p", "yuv420p", (".mp4", ".m4v", ".mov", ".mkv")),
+    # RGB kept as RGB (FFmpeg only reorders bytes): lossless, bit-exact round trips
+    "ffv1": Codec("ffv1", "bgr0", "rgb24", (".mkv",)),
 }
 DEFAULT_CRF = 18  # x264's "visually lossless" region; 23 is its own default
+BT601, TV_RANGE = 6, 1  # AVCOL_SPC_SMPTE170M, AVCOL_RANGE_MPEG
 PNG_COMPRESS_LEVEL = 1  # lossless either way; level 6 costs ~4x the time for ~15 % less size
 
 
@@ -78,6 +81,7 @@ class VideoSink:
         av = require("av", "writing videos")
         self.av, self.target, self.time_base, self.rate = av, target, time_base, rate
         spec = CODECS[codec]
+        self.pixel_format = spec.given
         self._audio_in: Any = None
         self._audio_out: dict[int, Any] = {}
         # FFmpeg may not shift timestamps: the output keeps the input's (an MP4's audio often
@@ -96,6 +100,9 @@ class VideoSink:
             self.stream = self.container.add_stream(spec.encoder, rate=rate, options=options)
             self.stream.width, self.stream.height = size
             self.stream.pix_fmt = spec.pix_fmt
+            if spec.pix_fmt == "yuv420p":  # tagged as pixels.py converts: BT.601, TV range
+                self.stream.codec_context.colorspace = BT601
+                self.stream.codec_context.color_range = TV_RANGE
             self.stream.codec_context.time_base = time_base  # the input's: timestamps kept exactly
             self.stream.time_base = time_base
             if audio_from is not None:
@@ -135,7 +142,7 @@ class VideoSink:
         self._pending_audio = packet
 
     def write(self, info: FrameInfo, array: np.ndarray) -> None:
-        frame = self.av.VideoFrame.from_ndarray(array, format="rgb24")
+        frame = self.av.VideoFrame.from_ndarray(array, format=self.pixel_format)
         frame.pts = self._pts(info)
         frame.time_base = self.time_base
         try:
@@ -179,6 +186,8 @@ class VideoSink:
 class PngFolderSink:
     """One PNG per frame in `temp` (the folder renamed into place later): the input frame's name
     for a frame folder, else the frame number (000000.png, ...)."""
+
+    pixel_format = "rgb24"
 
     def __init__(self, temp: Path, target: Path) -> None:
         self.temp, self.target = temp, target
