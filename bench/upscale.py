@@ -103,7 +103,9 @@ def bare_rate(model: torch.nn.Module, batches: list[torch.Tensor], device: torch
     return sum(len(b) for b in batches) / (time.perf_counter() - started)
 
 
-def tool_rate(ckpt: Path, video: Path, output: Path, frames: int, args: argparse.Namespace) -> float:
+def tool_rate(
+    ckpt: Path, video: Path, output: Path, frames: int, args: argparse.Namespace
+) -> float:
     argv = ["upscale", "--checkpoint", str(ckpt), str(video), "-o", str(output), "--overwrite"]
     argv += ["--batch", str(args.batch), "--device", args.device, "--codec", args.codec]
     started = time.perf_counter()
