@@ -6,11 +6,14 @@ a non-zero exit and no output; Ctrl+C leaves nothing behind.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from tools_helpers import (
 
 from vsr_async.__main__ import main
 from vsr_async.data.images import read_rgb
-from vsr_async.tools import upscale, video_sink
+from vsr_async.tools import progress, upscale, video_sink
 from vsr_async.tools.pipeline import SlidingWindows
 from vsr_async.tools.video_source import FrameInfo
 
@@ -299,3 +302,50 @@ def test_ctrl_c_leaves_no_output_and_no_temp_file(inputs: dict[str, Any], tmp_pa
 def test_the_cli_lists_of_suffixes_and_codecs_match_the_sink() -> None:
     assert set(upscale.VIDEO_SUFFIXES) == set(video_sink.CONTAINERS)
     assert set(upscale.CODEC_NAMES) == set(video_sink.CODECS)
+
+
+def test_frame_folder_to_video_takes_the_fps_option(
+    inputs: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, output = inputs["root"] / "frames", tmp_path / "from_frames.mkv"
+    assert upscale_cli(inputs, folder, output, "--codec", "ffv1", "--fps", "30000/1001") == 0
+    after = decode_video(output)
+    assert after["rate"] == Fraction(30000, 1001) and after["audio"] == []
+    wanted = [i * Fraction(1001, 30000) for i in range(11)]  # Matroska keeps milliseconds
+    assert all(abs(t - w) <= Fraction(1, 1000) for t, w in zip(after["times"], wanted, strict=True))
+    lr = [read_rgb(folder / f"frame_{i}.png") for i in range(1, 12)]
+    expected = reference_frames(inputs["ema"], lr, BATCH)
+    assert all(np.array_equal(g, w) for g, w in zip(after["frames"], expected, strict=True))
+
+    capsys.readouterr()
+    video = inputs["root"] / "pan.mkv"
+    assert upscale_cli(inputs, video, tmp_path / "x.mkv", "--fps", "24") == 1
+    assert "option --fps: is for a frame-folder input" in one_error_line(capsys)
+
+
+def test_progress_lines_give_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    stream = io.StringIO()  # not a terminal: plain lines
+    with progress.Progress("upscale", 10, stream=stream) as bar:
+        for _ in range(4):
+            time.sleep(0.01)
+            bar.advance()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4
+    assert re.fullmatch(r"upscale: 4/10 frames, [\d.]+ frames/s, ETA 0:0\d", lines[-1]), lines
+
+
+def test_terminal_shows_a_live_bar_with_frames_per_second(
+    inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """On a terminal (a real pty) the bar shows frames/s; the run still ends cleanly."""
+    pexpect = pytest.importorskip("pexpect")
+    argv = ["-m", "vsr_async", "upscale", "--checkpoint", str(inputs["ckpt"])]
+    argv += [str(inputs["root"] / "pan_audio.mp4"), "-o", str(tmp_path / "sr.mp4")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    child = pexpect.spawn(sys.executable, argv, env=env, encoding="utf-8", timeout=120)
+    child.expect(r"upscale.*13/13.*frames/s")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert len(decode_video(tmp_path / "sr.mp4")["frames"]) == FRAMES

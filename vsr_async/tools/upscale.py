@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
     source = open_source(args.input, args.fps)
     try:
+        if args.fps is not None and source.kind == "video":
+            raise OptionError("--fps", "is for a frame-folder input; a video keeps its own rate")
         loaded = load_model(args.checkpoint)
         size = (source.width * loaded.scale, source.height * loaded.scale)
         if not to_folder:
