@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from tools_helpers import (
     decode_video,
     pan_frames,
@@ -73,10 +72,10 @@ def test_sliding_windows_repeat_the_edges_and_keep_only_what_is_needed() -> None
     sliding = SlidingWindows(5)
     windows = []
     for i in range(4):
-        windows += sliding.push(FrameInfo(i, i), torch.full((1,), float(i)))
+        windows += sliding.push(FrameInfo(i, i), np.full((2, 2, 3), i, dtype=np.uint8))
         assert len(sliding._frames) <= 5
     windows += sliding.finish()
-    got = [(info.index, [int(t) for t in frames]) for info, frames in windows]
+    got = [(info.index, [int(f[0, 0, 0]) for f in frames]) for info, frames in windows]
     assert got == [
         (0, [0, 0, 0, 1, 2]),
         (1, [0, 0, 1, 2, 3]),

@@ -20,10 +20,10 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vsr_async.data.images import to_tensor
 from vsr_async.nn.tiling import TiledInference
 from vsr_async.tools.pixels import to_pixels
 from vsr_async.tools.video_sink import FrameSink
@@ -67,11 +67,11 @@ class SlidingWindows:
 
     def __init__(self, num_frames: int) -> None:
         self.radius = num_frames // 2
-        self._frames: dict[int, tuple[FrameInfo, Tensor]] = {}
+        self._frames: dict[int, tuple[FrameInfo, np.ndarray]] = {}
         self._count = 0
         self._next = 0  # the next frame whose window is due
 
-    def push(self, info: FrameInfo, frame: Tensor) -> list[tuple[FrameInfo, list[Tensor]]]:
+    def push(self, info: FrameInfo, frame: np.ndarray) -> list[tuple[FrameInfo, list[np.ndarray]]]:
         self._frames[self._count] = (info, frame)
         self._count += 1
         ready = []
@@ -79,13 +79,13 @@ class SlidingWindows:
             ready.append(self._window())
         return ready
 
-    def finish(self) -> list[tuple[FrameInfo, list[Tensor]]]:
+    def finish(self) -> list[tuple[FrameInfo, list[np.ndarray]]]:
         ready = []
         while self._next < self._count:
             ready.append(self._window())
         return ready
 
-    def _window(self) -> tuple[FrameInfo, list[Tensor]]:
+    def _window(self) -> tuple[FrameInfo, list[np.ndarray]]:
         i, last = self._next, self._count - 1
         indices = [min(max(i + d, 0), last) for d in range(-self.radius, self.radius + 1)]
         window = [self._frames[j][1] for j in indices]
@@ -130,7 +130,7 @@ def _read(source: FrameSource, out: queue.Queue[Any], stop: threading.Event) -> 
     """Reader thread: decode, convert to float tensors, hand on."""
     try:
         for info, array in source.frames():
-            _put(out, (info, to_tensor(array)), stop)
+            _put(out, (info, array), stop)  # uint8: the float conversion is batched later
         _put(out, _END, stop)
     except _Stopped:
         pass
@@ -179,7 +179,7 @@ def run_pipeline(
             writer.start()
         for batch in _batches(_windows(decoded, stop, plan.num_frames), plan.batch):
             infos = [info for info, _ in batch]
-            windows = torch.stack([torch.stack(frames) for _, frames in batch])  # [B, T, 3, h, w]
+            windows = to_windows([frames for _, frames in batch])  # [B, T, 3, h, w]
             frames = to_pixels(plan(windows), sink.pixel_format)
             for info, frame in zip(infos, frames, strict=True):
                 _put(writer.queue, (info, frame), stop)
@@ -215,9 +215,16 @@ def _sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def to_windows(batch: list[list[np.ndarray]]) -> Tensor:
+    """B windows of T uint8 HxWx3 frames -> float [B, T, 3, h, w] in [0, 1], in one pass per
+    batch (the values `data.images.to_tensor` gives each frame)."""
+    stacked = torch.from_numpy(np.stack([np.stack(frames) for frames in batch]))  # [B,T,h,w,3]
+    return stacked.permute(0, 1, 4, 2, 3).float().div_(255.0).contiguous()
+
+
 def _windows(
     decoded: queue.Queue[Any], stop: threading.Event, num_frames: int
-) -> Iterator[tuple[FrameInfo, list[Tensor]]]:
+) -> Iterator[tuple[FrameInfo, list[np.ndarray]]]:
     sliding = SlidingWindows(num_frames)
     while True:
         item = _get(decoded, stop)
@@ -230,9 +237,9 @@ def _windows(
 
 
 def _batches(
-    windows: Iterator[tuple[FrameInfo, list[Tensor]]], size: int
-) -> Iterator[list[tuple[FrameInfo, list[Tensor]]]]:
-    batch: list[tuple[FrameInfo, list[Tensor]]] = []
+    windows: Iterator[tuple[FrameInfo, list[np.ndarray]]], size: int
+) -> Iterator[list[tuple[FrameInfo, list[np.ndarray]]]]:
+    batch: list[tuple[FrameInfo, list[np.ndarray]]] = []
     for window in windows:
         batch.append(window)
         if len(batch) == size:

@@ -90,7 +90,6 @@ class VideoSource:
     def frames(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
         av = require("av", "reading videos")
         stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
         count, end_s = 0, 0.0
         try:
             for frame in self._container.decode(stream):
