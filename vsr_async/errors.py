@@ -63,6 +63,33 @@ class CheckpointError(VsrError):
         super().__init__(f"checkpoint {self.path}: {message}")
 
 
+class InputError(VsrError):
+    """A tool's input (a video, a frame folder) cannot be read; `path` names it."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"input {self.path}: {message}")
+
+
+class OutputError(VsrError):
+    """A tool cannot write its output where it was asked to; `path` names the output."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"output {self.path}: {message}")
+
+
+class MissingExtraError(VsrError):
+    """An optional package is not installed; the message names the `pip install` that adds it."""
+
+    def __init__(self, package: str, requirement: str, extra: str, needed_for: str) -> None:
+        self.package, self.extra = package, extra
+        super().__init__(
+            f"{needed_for} needs the {package!r} package, which is not installed: "
+            f"pip install '{requirement}' (or vsr_async's [{extra}] extra)"
+        )
+
+
 class DeviceMemoryError(VsrError):
     """Not even one sample per micro-batch, with gradient checkpointing, fits the device."""
 

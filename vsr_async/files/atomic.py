@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,6 +63,61 @@ def write_atomic(target: Path, data: bytes) -> None:
     """Blocking atomic write; call it from an I/O thread, never from the event loop."""
     with atomic_writer(target) as handle:
         handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp file path next to `target`, for writers that want a name (FFmpeg's muxers).
+
+    On a clean exit the file the caller wrote there is fsynced and renamed onto `target`; on an
+    exception (or Ctrl+C) it is removed and `target` is untouched.
+    """
+    target = Path(target)
+    tmp = temp_path_for(target)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_directory(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a new temp folder next to `target`; on a clean exit its files are fsynced and it is
+    renamed to `target` (an existing `target` is replaced only with `replace`: moved aside,
+    then deleted). On an exception the temp folder and everything in it are removed."""
+    target = Path(target)
+    tmp = temp_path_for(target)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for path in tmp.iterdir():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(tmp)
+        old = temp_path_for(target) if replace and target.exists() else None
+        if old is not None:
+            os.rename(target, old)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_directory(target.parent)
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
 
 
 class DaemonThreadExecutor(concurrent.futures.Executor):

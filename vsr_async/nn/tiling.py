@@ -98,6 +98,7 @@ class TiledInference:
     oom_retries: int = 0
     overlap_lr: int | None = None  # set at the first tiling
     exact: bool | None = None  # overlap >= receptive radius: same result as untiled
+    purpose: str = "validation"  # what the messages call the work ("validation", "upscale")
 
     def __call__(self, model: nn.Module, lr: Tensor, *, scale: int, name: str = "") -> Tensor:
         while True:
@@ -125,13 +126,14 @@ class TiledInference:
         tiles = self.tiles_per_side * 2
         if max(math.ceil(h / tiles), math.ceil(w / tiles)) < MIN_TILE_CORE_LR:
             raise DeviceMemoryError(
-                f"validation clip {name or '?'} ({w}x{h} LR) is out of device memory even in "
+                f"{self.purpose} clip {name or '?'} ({w}x{h} LR) is out of device memory even in "
                 f"{self.tiles_per_side}x{self.tiles_per_side} tiles ({message})"
             )
         self.oom_retries += 1
         self.tiles_per_side = tiles
         log.warning(
-            "validation out of memory on %s (%dx%d LR): retrying in %dx%d tiles (%s)",
+            "%s out of memory on %s (%dx%d LR): retrying in %dx%d tiles (%s)",
+            self.purpose,
             name or "a clip",
             w,
             h,

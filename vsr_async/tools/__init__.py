@@ -12,7 +12,9 @@ CLI lists the modules in `TOOLS`.
 from __future__ import annotations
 
 TOOLS: tuple[str, ...] = (
+    "upscale",
     "evaluate",
     "prepare",
+    "export",
     "checkpoints",
 )  # module names under vsr_async.tools, in the order `--help` shows

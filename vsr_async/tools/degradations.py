@@ -108,7 +108,7 @@ def _h264_round_trip(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Encode the LR frames with x264 (yuv420p) and decode them back, streaming: the encoder
     holds a few frames of lookahead, so HR frames wait in a queue for their LR partner."""
-    from vsr_async.tools.video_source import pyav
+    from vsr_async.tools.prepare_video import pyav
 
     av = pyav()
     encoder: Any = None

@@ -63,8 +63,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vsr_async.tools.prepare_plan import plan_clips
+    from vsr_async.tools.prepare_video import VideoScan, expand_inputs, file_identity
     from vsr_async.tools.progress_bar import ToolProgress
-    from vsr_async.tools.video_source import VideoScan, expand_inputs, file_identity
 
     out = require_output_folder("--out", args.out)
     settings, sizes = settings_from(args)
@@ -226,7 +226,7 @@ def _save_state(staging: Path, state: dict[str, Any]) -> None:
 
 def _scan_all(videos: list[Path], settings: Any, bar: Any) -> list[Any]:
     """The first pass over every video (nothing is written: a bad video stops here)."""
-    from vsr_async.tools.video_source import VideoError, scan_video
+    from vsr_async.tools.prepare_video import VideoError, scan_video
 
     scans: list[Any] = []
     for video in videos:
@@ -270,9 +270,9 @@ def _write_all(
     staging: Path, scans: list[Any], clips: list[Any], settings: Any, state: dict[str, Any]
 ) -> dict[str, int]:
     from vsr_async.tools.prepare_plan import frames_used, iterate_clips
+    from vsr_async.tools.prepare_video import read_frames
     from vsr_async.tools.prepare_write import PngFiles, write_clip
     from vsr_async.tools.progress_bar import ToolProgress
-    from vsr_async.tools.video_source import read_frames
 
     done: set[str] = set(state["done"])
     counts = dict(state.get("counts", {}))

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from vsr_async.errors import VsrError
+from vsr_async.tools.prepare_video import VideoScan
 from vsr_async.tools.scene_cuts import shots
-from vsr_async.tools.video_source import VideoScan
 
 VAL_WINDOWS_FRAMES = 3
 """Frame layout: a validation clip keeps its centre VAL_WINDOWS_FRAMES·NUM_FRAMES frames

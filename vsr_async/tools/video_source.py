@@ -1,201 +1,229 @@
-"""Reading the user's videos for `prepare` with PyAV (the `av` package, whose wheels bundle
-FFmpeg): a first pass that checks a video, counts its frames and finds its scene cuts on small
-luma thumbnails, and a second that yields its frames as RGB arrays.
+"""Frames in: a video file (any container and codec FFmpeg decodes, through PyAV) or a folder of
+image frames, as uint8 HxWx3 RGB arrays in display order with their timestamps.
 
-Every failure (not a video, no video stream, a frame that does not decode, a file that ends
-before the frames its container declares) is one `VideoError` naming the file.
+Every failure is a one-line `InputError` naming the input: not a video, no video stream, an
+unreadable frame, a file that ends before the frames its header declares (a truncated copy).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vsr_async.errors import VsrError
-from vsr_async.names import display_name
-from vsr_async.tools.scene_cuts import THUMB_WIDTH, CutDetector
+from vsr_async.data.images import read_rgb, read_size
+from vsr_async.data.listing import IMAGE_SUFFIXES, natural_key
+from vsr_async.errors import DatasetError, InputError
+from vsr_async.tools.extras import require
 
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
-    | {".y4m", ".mts", ".m2ts", ".3gp", ".ogv"}
-)
-
-
-class VideoError(VsrError):
-    """A video that cannot be read; `path` names it."""
-
-    def __init__(self, path: Path | str, message: str) -> None:
-        self.path = Path(path)
-        super().__init__(f"video {display_name(self.path)}: {message}")
+DEFAULT_FOLDER_FPS = Fraction(25)
 
 
 @dataclass(frozen=True)
-class VideoScan:
-    """What the first pass found: size, frame count and where new shots begin."""
+class FrameInfo:
+    """One input frame: its position, presentation time (in the source's time base; None when
+    the container has none) and, for a frame folder, its file name."""
+
+    index: int
+    pts: int | None
+    name: str = ""
+
+
+@dataclass
+class VideoSource:
+    """The first video stream of a file. `frame_count`: what the header declares, counted or
+    from its duration (None if it says neither); `declared_s`: the duration, when no count."""
 
     path: Path
-    frames: int
     width: int
     height: int
-    fps: float | None
-    cuts: tuple[int, ...]  # frame numbers that start a new shot (never 0)
+    rate: Fraction
+    time_base: Fraction
+    frame_count: int | None
+    declared_s: float | None
+    has_audio: bool
+    _container: Any
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "frames": self.frames,
-            "width": self.width,
-            "height": self.height,
-            "fps": self.fps,
-            "cuts": list(self.cuts),
-        }
+    kind = "video"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VideoScan:
+    def open(cls, path: Path) -> VideoSource:
+        av = require("av", "reading videos")
+        try:
+            container = av.open(str(path), metadata_errors="ignore")
+        except FileNotFoundError:
+            raise InputError(path, "no such file") from None
+        except IsADirectoryError:
+            raise InputError(path, "is a folder") from None
+        except (av.error.FFmpegError, OSError) as exc:
+            raise InputError(path, f"not a video FFmpeg can read ({_reason(exc)})") from None
+        if not container.streams.video:
+            container.close()
+            raise InputError(path, "has no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            container.close()
+            raise InputError(path, "its video stream has no frame size (damaged header)")
+        rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
+        time_base = Fraction(stream.time_base or 1 / rate)
+        frames, seconds = _declared_length(stream)
+        if frames is None and seconds:
+            frames = round(seconds * rate)
         return cls(
-            Path(data["path"]),
-            int(data["frames"]),
-            int(data["width"]),
-            int(data["height"]),
-            data["fps"],
-            tuple(int(c) for c in data["cuts"]),
+            path,
+            width,
+            height,
+            rate,
+            time_base,
+            frames,
+            seconds,
+            bool(container.streams.audio),
+            container,
         )
 
-
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """The video files named, a folder standing for the video files directly in it."""
-    from vsr_async.data.listing import natural_key
-
-    videos: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(
-                (
-                    p
-                    for p in path.iterdir()
-                    if p.is_file()
-                    and not p.name.startswith(".")
-                    and p.suffix.lower() in VIDEO_SUFFIXES
-                ),
-                key=lambda p: natural_key(p.name),
+    def frames(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
+        av = require("av", "reading videos")
+        stream = self._container.streams.video[0]
+        count, end_s = 0, 0.0
+        try:
+            for frame in self._container.decode(stream):
+                if (frame.width, frame.height) != (self.width, self.height):
+                    raise InputError(
+                        self.path,
+                        f"frame {count} is {frame.width}x{frame.height}, the stream "
+                        f"{self.width}x{self.height} (a size change inside one video is not "
+                        "supported)",
+                    )
+                yield FrameInfo(count, frame.pts), frame.to_ndarray(format="rgb24")
+                count += 1
+                start_s = float(frame.time) if frame.time is not None else (count - 1) / self.rate
+                end_s = start_s + float(1 / self.rate)
+        except av.error.FFmpegError as exc:
+            raise InputError(
+                self.path,
+                f"decoding fails after {count} good frames ({_reason(exc)}): a damaged or "
+                "truncated file",
+            ) from None
+        if count == 0:
+            raise InputError(
+                self.path, "no frame of its video stream decodes (a damaged or truncated file)"
             )
-            if not found:
-                shown = ", ".join(sorted(VIDEO_SUFFIXES))
-                raise VideoError(path, f"folder holds no video files ({shown})")
-            videos += found
-        elif not path.exists():
-            raise VideoError(path, "no such file")
-        else:
-            videos.append(path)
-    return videos
+        self._check_complete(count, end_s)
+
+    def _check_complete(self, count: int, end_s: float) -> None:
+        """A file that stops before what its header declares is truncated or damaged."""
+        if self.declared_s is None and self.frame_count is not None and count < self.frame_count:
+            raise InputError(
+                self.path,
+                f"ends early: {count} of the {self.frame_count} frames its header declares "
+                "decode (a truncated or damaged file)",
+            )
+        if self.declared_s is not None and end_s < self.declared_s - 1.5 / self.rate:
+            raise InputError(
+                self.path,
+                f"ends early: its frames decode up to {end_s:.2f} s of the {self.declared_s:.2f} s "
+                "its header declares (a truncated or damaged file)",
+            )
+
+    def close(self) -> None:
+        self._container.close()
 
 
-def file_identity(path: Path) -> dict[str, Any]:
-    """What says a video is still the one an unfinished prepare read: path, size, mtime."""
-    stat = os.stat(path)
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _declared_length(stream: Any) -> tuple[int | None, float | None]:
+    """(frames, seconds) the header declares: the stream's frame count (MP4), else its duration
+    (Matroska keeps a per-stream DURATION tag); None where it says nothing (no truncation check)."""
+    if stream.frames:
+        return int(stream.frames), None
+    if stream.duration and stream.time_base:
+        return None, float(stream.duration * stream.time_base)
+    if "DURATION" in (stream.metadata or {}):
+        return None, _clock_seconds(stream.metadata["DURATION"])
+    return None, None
 
 
-def pyav() -> Any:
-    """The `av` module (PyAV), or one line saying how to install it."""
+def _clock_seconds(text: str) -> float | None:
+    """'00:00:01.280000000' -> 1.28; None when it is not such a clock."""
     try:
-        import av
-    except ImportError:
-        raise VsrError(
-            "reading and writing videos needs PyAV, which is not installed: "
-            "pip install 'vsr_async[video]' (or: pip install av)"
-        ) from None
-    return av
+        hours, minutes, seconds = text.strip().split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
-def _open(path: Path) -> Any:
-    av = pyav()
+@dataclass
+class FolderSource:
+    """Image frames in one folder, in natural name order (frame_2 before frame_10)."""
 
-    if not path.is_file():
-        raise VideoError(path, "is not a file" if path.exists() else "no such file")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoError(path, f"cannot be opened as a video ({_reason(exc)})") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoError(path, "has no video stream")
-    return container
+    path: Path
+    width: int
+    height: int
+    rate: Fraction
+    time_base: Fraction
+    frame_count: int
+    files: list[Path]
+
+    kind = "folder"
+    has_audio = False
+
+    @classmethod
+    def open(cls, path: Path, fps: Fraction) -> FolderSource:
+        try:
+            names = sorted((e.name for e in os.scandir(path) if e.is_file()), key=natural_key)
+        except OSError as exc:
+            raise InputError(path, f"cannot be listed: {exc.strerror or exc}") from None
+        files = [path / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            kinds = ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
+            raise InputError(path, f"holds no image frames ({kinds})")
+        try:
+            width, height = read_size(files[0])
+        except DatasetError as exc:
+            raise _as_input_error(exc) from None
+        return cls(path, width, height, fps, 1 / fps, len(files), files)
+
+    def frames(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
+        stems = [file.stem for file in self.files]
+        keep_names = len(set(stems)) == len(stems)  # a.png and a.jpg: number the outputs instead
+        for index, file in enumerate(self.files):
+            try:
+                array = read_rgb(file)
+            except DatasetError as exc:
+                raise _as_input_error(exc) from None
+            if array.shape[:2] != (self.height, self.width):
+                raise InputError(
+                    file,
+                    f"is {array.shape[1]}x{array.shape[0]}, the first frame "
+                    f"{self.width}x{self.height} (all frames must have one size)",
+                )
+            yield FrameInfo(index, index, file.stem if keep_names else ""), array
+
+    def close(self) -> None:
+        pass
+
+
+FrameSource = VideoSource | FolderSource
+
+
+def open_source(path: Path, fps: Fraction | None = None) -> FrameSource:
+    """A video file or a frame folder, by what `path` is."""
+    path = Path(path)
+    if path.is_dir():
+        return FolderSource.open(path, fps or DEFAULT_FOLDER_FPS)
+    return VideoSource.open(path)
+
+
+def _as_input_error(exc: DatasetError) -> InputError:
+    """A frame's DatasetError ('dataset F: unreadable image: ...') said as an input error."""
+    return InputError(exc.path, str(exc).removeprefix(f"dataset {exc.path}: "))
 
 
 def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.strip().splitlines()[0]
-
-
-def _frames(path: Path, container: Any) -> Iterator[Any]:
-    """The decoded frames of the first video stream; a decoding failure names the frame."""
-    av = pyav()
-
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    count = 0
-    try:
-        for frame in container.decode(stream):
-            yield frame
-            count += 1
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoError(
-            path, f"cannot be decoded after {count} frames ({_reason(exc)}): damaged or truncated"
-        ) from None
-    declared = stream.frames
-    if count == 0:
-        raise VideoError(path, "holds no decodable frame")
-    if declared and count < declared:
-        raise VideoError(path, f"ends early: {count} of the {declared} frames it declares decode")
-
-
-def scan_video(
-    path: Path, cut_threshold: float, progress: Callable[[int], None] | None = None
-) -> VideoScan:
-    """Decode every frame once: count, check one size throughout, and find the scene cuts."""
-    detector = CutDetector(cut_threshold)
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        rate = stream.average_rate
-        fps = float(rate) if rate else None
-        width = height = 0
-        cuts = []
-        index = 0
-        for index, frame in enumerate(_frames(path, container)):
-            if index == 0:
-                width, height = frame.width, frame.height
-            elif (frame.width, frame.height) != (width, height):
-                raise VideoError(
-                    path,
-                    f"frame {index} is {frame.width}x{frame.height}, frame 0 {width}x{height}; "
-                    "a video whose frame size changes cannot be prepared",
-                )
-            thumb_h = max(1, round(THUMB_WIDTH * height / width))
-            thumb = frame.reformat(
-                width=THUMB_WIDTH, height=thumb_h, format="gray", interpolation="AREA"
-            ).to_ndarray()
-            if detector.push(thumb):
-                cuts.append(index)
-            if progress is not None:
-                progress(index + 1)
-        return VideoScan(path, index + 1, width, height, fps, tuple(cuts))
-    finally:
-        container.close()
-
-
-def read_frames(path: Path, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame number, uint8 HxWx3 RGB) of every frame from `start` on."""
-    container = _open(path)
-    try:
-        for index, frame in enumerate(_frames(path, container)):
-            if index >= start:
-                yield index, frame.to_ndarray(format="rgb24")
-    finally:
-        container.close()
+    """FFmpeg's reason without the '[Errno N]' prefix and the repeated file name."""
+    strerror = getattr(exc, "strerror", None)
+    return str(strerror or exc).splitlines()[0] if (strerror or str(exc)) else type(exc).__name__
