@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 from tools_helpers import (
@@ -30,9 +31,10 @@ from tools_helpers import (
 )
 
 from vsr_async.__main__ import main
-from vsr_async.data.images import read_rgb
+from vsr_async.data.images import read_rgb, to_tensor
 from vsr_async.tools import progress, upscale, video_sink
 from vsr_async.tools.pipeline import SlidingWindows
+from vsr_async.tools.pixels import to_pixels
 from vsr_async.tools.video_source import FrameInfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,3 +350,17 @@ def test_terminal_shows_a_live_bar_with_frames_per_second(
     child.close()
     assert child.exitstatus == 0, child.before
     assert len(decode_video(tmp_path / "sr.mp4")["frames"]) == FRAMES
+
+
+def test_yuv_planes_made_on_the_device_match_ffmpeg_conversion() -> None:
+    """pixels.py's BT.601 TV-range 4:2:0 against FFmpeg's own RGB -> yuv420p (swscale)."""
+    photo = pan_frames(1, 96, 64)[0]
+    (ours,) = to_pixels(to_tensor(photo)[None], "yuv420p")
+    theirs = av.VideoFrame.from_ndarray(photo, format="rgb24").reformat(format="yuv420p")
+    theirs_planes = theirs.to_ndarray()
+    assert ours.shape == theirs_planes.shape == (96, 96)
+    luma = np.abs(ours[:64].astype(int) - theirs_planes[:64].astype(int))
+    chroma = np.abs(ours[64:].astype(int) - theirs_planes[64:].astype(int))
+    assert luma.max() <= 1 and chroma.max() <= 4 and chroma.mean() < 0.5
+    (rgb,) = to_pixels(to_tensor(photo)[None], "rgb24")
+    assert np.array_equal(rgb, photo)  # 8-bit in, 8-bit out: exact

@@ -127,7 +127,7 @@ def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
 
 
 def _read(source: FrameSource, out: queue.Queue[Any], stop: threading.Event) -> None:
-    """Reader thread: decode, convert to float tensors, hand on."""
+    """Reader thread: decode and hand on, as uint8 arrays (few calls that need the GIL)."""
     try:
         for info, array in source.frames():
             _put(out, (info, array), stop)  # uint8: the float conversion is batched later
