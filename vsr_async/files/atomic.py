@@ -29,13 +29,18 @@ def temp_path_for(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable (the new directory entry reaches the disk)."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory by name (a directory: its renames become durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (the new directory entry reaches the disk)."""
+    fsync_path(directory)
 
 
 @contextlib.contextmanager
@@ -76,11 +81,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = temp_path_for(target)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -100,11 +101,7 @@ def atomic_folder(target: Path, *, replace: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         for path in tmp.iterdir():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(path)
         fsync_directory(tmp)
         old = temp_path_for(target) if replace and target.exists() else None
         if old is not None:
