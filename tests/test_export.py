@@ -5,6 +5,7 @@ bad inputs are one line, a non-zero exit and no output file.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,22 @@ def test_a_missing_export_package_names_its_install(
     assert f"needs the {package!r} package, which is not installed: pip install '" in line
     assert "[export] extra" in line
     assert not output.exists()
+
+
+def test_the_extras_the_tools_name_are_the_ones_pyproject_declares() -> None:
+    import tomllib
+
+    from vsr_async.tools.extras import EXTRA_OF
+
+    root = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+
+    def names(extra: str) -> set[str]:
+        return {re.split(r"[<>=!~ \[]", spec, maxsplit=1)[0] for spec in extras[extra]}
+
+    for module, extra in EXTRA_OF.items():
+        assert module in names(extra), (module, extra)
+        assert module in names("test")  # the tests exercise every optional package
+    assert "onnxruntime" in names("test")
