@@ -45,23 +45,13 @@ def fsync_directory(directory: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_writer(target: Path) -> Iterator[BinaryIO]:
-    """Yield a binary file; on a clean exit it replaces `target` atomically and durably.
+    """Yield a binary file; on a clean exit it replaces `target` atomically and durably
+    (`atomic_path` with the file opened for the caller).
 
     On an exception the temp file is removed and `target` is untouched.
     """
-    target = Path(target)
-    tmp = temp_path_for(target)
-    try:
-        with open(tmp, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_directory(target.parent)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        yield handle
 
 
 def write_atomic(target: Path, data: bytes) -> None:
