@@ -85,6 +85,8 @@ class EngineParts:
         # data
         self.train_set, self.val_set = build_datasets(config, dataset_info)
         self.train_gt_size: tuple[int, int] = dataset_info.train_gt_size  # (W, H), for the probe
+        # The batch settings mean per rank; a step consumes world_size x that many samples.
+        self.world_size = 1  # ranks of a torchrun job (set by the distributed set-up)
         self.samples_per_step = effective_batch(config)
         self.samples_consumed = 0
         self.step = 0  # optimizer steps completed

@@ -109,4 +109,6 @@ def runtime_facts(parts: EngineParts) -> dict[str, Any]:
         "oom_events": len(parts.oom_events),
         "oom_recent": parts.oom_events[-10:],
         "validation_tiling": parts.validation_tiling.to_snapshot(),
+        "world_size": parts.world_size,
+        "global_batch": parts.samples_per_step,  # samples per optimizer step, all ranks
     }
