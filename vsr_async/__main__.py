@@ -270,8 +270,21 @@ def check(config: Config, source: str, notes: Sequence[str] = ()) -> int:
     return 0
 
 
+def rank_context() -> RankContext | None:
+    """This process's place in a torchrun job (None: a plain process, or a world of one)."""
+    if "WORLD_SIZE" not in os.environ:
+        return None  # torch is not imported for a plain run's sake
+    from vsr_async.training.distributed import RankContext
+
+    return RankContext.from_env()
+
+
 async def train(
-    config: Config, args: argparse.Namespace, source: str, notes: Sequence[str] = ()
+    config: Config,
+    args: argparse.Namespace,
+    source: str,
+    notes: Sequence[str] = (),
+    ranks: RankContext | None = None,
 ) -> int:
     from vsr_async.runtime.launch import build_run
 
@@ -285,7 +298,7 @@ async def train(
         from web.tensorboard_service import check_tensorboard_port
 
         await asyncio.to_thread(check_tensorboard_port, config.WEB_HOST, config.TENSORBOARD_PORT)
-    run = build_run(config, info, resume=args.resume)
+    run = build_run(config, info, resume=args.resume, ranks=ranks)
     if source:
         log.info("%s", source)
     for note in notes:
@@ -331,9 +344,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, notes = config_from_args(args, path)
         if args.command == "check":
             return check(config, source, notes)
+        ranks = rank_context()
+        if ranks is not None and not ranks.leader:  # torchrun: rank 0 supervises
+            from vsr_async.runtime.follower import run_follower
+
+            return run_follower(config, ranks)
         if args.command == "demo":
             build_demo_data(config)
-        return asyncio.run(train(config, args, source, notes))
+        return asyncio.run(train(config, args, source, notes, ranks))
     except VsrError as exc:
         print(f"vsr_async: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code

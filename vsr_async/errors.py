@@ -47,6 +47,11 @@ class OptionError(VsrError):
         super().__init__(f"option {option}: {message}")
 
 
+class RankError(VsrError):
+    """Under torchrun: this rank cannot work with the others (unreachable, timed out, or one of
+    them left); the message names the rank and the exchange."""
+
+
 class DatasetError(VsrError):
     """Bad training or validation data; `path` names the file or folder at fault."""
 

@@ -37,6 +37,7 @@ from vsr_async.runtime.supervisor import Supervisor
 from vsr_async.runtime.worker import GpuWorker
 
 if TYPE_CHECKING:
+    from vsr_async.training.distributed import RankContext
     from vsr_async.training.engine import TrainingEngine
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,13 @@ class Run:
                     self.lock.release()
 
 
-def make_engine(config: Any, dataset_info: Any, source: Path | None) -> TrainingEngine:
+def make_engine(
+    config: Any, dataset_info: Any, source: Path | None, ranks: RankContext | None = None
+) -> TrainingEngine:
     """Build the engine on the GPU thread and, when resuming, load the checkpoint there too."""
     from vsr_async.training.engine import TrainingEngine
 
-    engine = TrainingEngine(config, dataset_info)
+    engine = TrainingEngine(config, dataset_info, ranks)
     if source is None:
         return engine
     if source.is_dir():
@@ -120,36 +123,49 @@ def make_engine(config: Any, dataset_info: Any, source: Path | None) -> Training
 
 
 def build_run(
-    config: Any, dataset_info: Any, *, resume: str = "auto", console_log: bool = True
+    config: Any,
+    dataset_info: Any,
+    *,
+    resume: str = "auto",
+    console_log: bool = True,
+    ranks: RankContext | None = None,
 ) -> Run:
     """Wire a run together (cheap: the model is built later, on the GPU thread).
 
     The run folder is locked first and stays locked until `Run.execute` has finished; on any
-    failure here the lock is released again.
+    failure here the lock is released again. `ranks`: rank 0 of a torchrun job (the other
+    ranks run `runtime.follower`, not this).
     """
     source = resume_source(config, resume)  # a bad --resume file fails before any write
     folder = claim_run_dir(config, source)
     try:
-        return _assemble(folder, dataset_info, resume, console_log)
+        return _assemble(folder, dataset_info, console_log, ranks)
     except BaseException:
         folder.lock.release()
         raise
 
 
-def _assemble(folder: RunFolder, dataset_info: Any, resume: str, console_log: bool) -> Run:
+def _assemble(
+    folder: RunFolder,
+    dataset_info: Any,
+    console_log: bool,
+    ranks: RankContext | None,
+) -> Run:
     run_logging = open_run_logging(folder.path, console_log)
     try:
         for notice in folder.notices:
             log.warning("%s", notice)
         for line in dataset_warnings(dataset_info):
             log.warning("dataset: %s", line)
-        return _wire(folder, dataset_info, resume, run_logging)
+        return _wire(folder, dataset_info, run_logging, ranks)
     except BaseException:
         run_logging.close()
         raise
 
 
-def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLogging) -> Run:
+def _wire(
+    folder: RunFolder, dataset_info: Any, run_logging: RunLogging, ranks: RankContext | None
+) -> Run:
     config, run_dir = folder.config, folder.path
     source = folder.source  # auto: the checkpoints of the folder actually used
     if folder.resuming:  # only the checkpoint's own folder's live config goes with it
@@ -163,7 +179,9 @@ def _wire(folder: RunFolder, dataset_info: Any, resume: str, run_logging: RunLog
     statistics = StatisticsWriter(
         run_dir, on_written=store.statistics_written, on_error=store.statistics_failed
     )
-    worker = GpuWorker(lambda: build_engine(config, dataset_info, source, folder.resuming))
+    worker = GpuWorker(
+        lambda: build_engine(config, dataset_info, source, folder.resuming, ranks=ranks)
+    )
     tensorboard = TensorBoardLogger(run_dir / TENSORBOARD_DIR)
     checkpointer = CheckpointWriter(run_dir, worker, store, config)
     supervisor = Supervisor(
@@ -198,18 +216,32 @@ def open_run_logging(run_dir: Path, console_log: bool) -> RunLogging:
 
 
 def build_engine(
-    config: Any, dataset_info: Any, source: Path | None, resuming: bool
+    config: Any,
+    dataset_info: Any,
+    source: Path | None,
+    resuming: bool,
+    *,
+    ranks: RankContext | None = None,
 ) -> TrainingEngine:
     """`make_engine`, and a planned resume that loaded nothing is an error, not a new run that
-    would write over the folder's files with its runtime_config.json applied."""
-    engine = make_engine(config, dataset_info, source)
-    if resuming and engine.resumed is None:
-        raise CheckpointError(
-            source or Path(config.DATA_ROOT),
-            "no checkpoint here could be loaded (see the warnings above); the folder is left "
-            "as it is: move the damaged files away, or start with --resume never",
-        )
-    return engine
+    would write over the folder's files with its runtime_config.json applied. Under torchrun
+    (rank 0) the other ranks get the config, dataset and state from here (`rank_start`)."""
+
+    def build() -> TrainingEngine:
+        engine = make_engine(config, dataset_info, source, ranks)
+        if resuming and engine.resumed is None:
+            raise CheckpointError(
+                source or Path(config.DATA_ROOT),
+                "no checkpoint here could be loaded (see the warnings above); the folder is left "
+                "as it is: move the damaged files away, or start with --resume never",
+            )
+        return engine
+
+    if ranks is None:
+        return build()
+    from vsr_async.training.rank_start import start_leader
+
+    return start_leader(ranks, config, dataset_info, build)
 
 
 async def scan_async(config: Any, progress: ProgressCallback | None = None) -> Any:

@@ -31,6 +31,7 @@ from vsr_async.runtime.snapshot import request_metrics
 from vsr_async.runtime.store import StatsStore
 from vsr_async.runtime.worker import GpuWorker
 from vsr_async.settings import Config
+from vsr_async.training.rank_channel import HEARTBEAT_S, Continue, Pause, Resume
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,9 @@ class Supervisor(CommandProducers):
         if self.store.progress.step >= self.config.MAX_STEPS:
             self._begin_stop(f"already at MAX_STEPS={self.config.MAX_STEPS}")
         while self.phase is not Phase.STOPPING:
-            await self._handle_commands(block=self.phase is Phase.PAUSED)
+            self._stop_for_other_ranks()
+            if self.worker.at_round:  # under torchrun: commands wait for the next round
+                await self._handle_commands(block=self.phase is Phase.PAUSED)
             if self.phase is not Phase.RUNNING:
                 continue
             result = await self.worker.train_step()
@@ -166,7 +169,13 @@ class Supervisor(CommandProducers):
     async def _handle_commands(self, *, block: bool) -> None:
         """Execute queued commands; when `block` (paused), wait for at least one."""
         pending: list[cmd.Command] = []
-        if block:
+        if block and self.worker.distributed:  # the other ranks wait in rounds: keep them
+            try:
+                pending.append(await asyncio.wait_for(self.commands.get(), HEARTBEAT_S))
+            except TimeoutError:
+                await self.worker.tell_ranks(Continue(self.store.progress.step))
+                return
+        elif block:
             pending.append(await self.commands.get())
         while not self.commands.empty():
             pending.append(self.commands.get_nowait())
@@ -194,11 +203,11 @@ class Supervisor(CommandProducers):
                 await self._run_validation(request.trigger, request)
                 return request.id
             case cmd.Pause():
-                return self._set_paused(True)
+                return await self._pause(True)
             case cmd.Resume():
-                return self._set_paused(False)
+                return await self._pause(False)
             case cmd.TogglePause():
-                return self._set_paused(self.phase is not Phase.PAUSED)
+                return await self._pause(self.phase is not Phase.PAUSED)
             case cmd.SaveCheckpoint(reason=reason):
                 return await self._save_checkpoint(reason)
             case cmd.Stop(reason=reason):
@@ -207,6 +216,19 @@ class Supervisor(CommandProducers):
             case cmd.ApplyConfig(request=request):
                 return await self._apply_config(request)
         raise CommandNotAvailable(f"unknown command {command.name}")
+
+    async def _pause(self, paused: bool) -> str:
+        outcome = self._set_paused(paused)
+        if self.worker.distributed:  # torchrun: every rank logs it at this step
+            await self.worker.tell_ranks(Pause() if paused else Resume())
+        return outcome
+
+    def _stop_for_other_ranks(self) -> None:
+        """Under torchrun: a signal another rank received stops the whole job, here."""
+        for note in self.worker.take_rank_notes():
+            log.warning("%s: stopping every rank", note)
+            if not self._stop_requested.is_set():
+                self.stop(reason=note)
 
     def _set_paused(self, paused: bool) -> str:
         if self.phase is Phase.STOPPING:
@@ -304,6 +326,10 @@ class Supervisor(CommandProducers):
         self.phase = Phase.STOPPING
         self.store.set_training(active=False)
         started = time.monotonic()
+        try:  # torchrun: the other ranks stop at this step (before the final checkpoint)
+            await self.worker.release_ranks(reason)
+        except Exception:
+            log.exception("could not tell the other ranks to stop")
         if self.checkpointer is not None and self.worker.started:
             try:
                 await (await self.checkpointer.save("shutdown"))

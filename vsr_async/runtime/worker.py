@@ -21,6 +21,7 @@ from vsr_async.settings import Config
 if TYPE_CHECKING:
     from vsr_async.training.batch_fit import BatchPlan
     from vsr_async.training.engine import Resumed, TrainingEngine
+    from vsr_async.training.rank_channel import Op
 
 T = TypeVar("T")
 
@@ -37,6 +38,11 @@ class GpuWorker:
         self._facts: dict[str, Any] | None = None  # changed runtime facts, not yet taken
         self.step: int | None = None  # optimizer steps done, as of the last call (None: no engine)
         self.resumed: Resumed | None = None  # what the engine continued from, set by `start`
+        # Under torchrun (rank 0): whether every rank is at a round now, and the stop requests
+        # other ranks sent with the last rounds (see training.rank_channel).
+        self.distributed = False
+        self.at_round = True
+        self._rank_notes: list[str] = []
 
     @property
     def started(self) -> bool:
@@ -58,6 +64,13 @@ class GpuWorker:
     def _note(self, engine: TrainingEngine) -> None:
         """On the GPU thread: the step, and the runtime facts if they changed."""
         self.step = engine.step
+        channel = getattr(engine, "channel", None)  # a test's stand-in may have none
+        if channel is not None:
+            self.distributed = True
+            self.at_round = engine.at_round
+            notes, engine.rank_notes = engine.rank_notes, []
+            with self._lock:
+                self._rank_notes.extend(notes)
         version = getattr(engine, "runtime_version", None)  # a test's stand-in may have none
         if version is not None and version != self._facts_version:
             facts = engine.runtime_facts()
@@ -82,6 +95,26 @@ class GpuWorker:
         with self._lock:
             facts, self._facts = self._facts, None
         return facts
+
+    def take_rank_notes(self) -> list[str]:
+        """Stop requests other ranks sent since the last call (signals they received)."""
+        with self._lock:
+            notes, self._rank_notes = self._rank_notes, []
+        return notes
+
+    async def tell_ranks(self, op: Op) -> None:
+        """Under torchrun: a round with `op` (every rank must be at a round: `at_round`)."""
+        await self._call(lambda engine: engine.tell_ranks(op))
+
+    async def release_ranks(self, reason: str) -> bool:
+        """Under torchrun: tell the other ranks to stop, if they are at a round (else they end
+        when this process does: their next exchange fails). Whether they were told."""
+        if not (self.started and self.distributed and self.at_round):
+            return False
+        from vsr_async.training.rank_channel import Stop
+
+        await self.tell_ranks(Stop(reason))
+        return True
 
     async def ensure_batch_plan(self) -> BatchPlan:
         """The batch plan (BATCH_SIZE="auto" on CUDA: the memory probe, once)."""

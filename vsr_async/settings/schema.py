@@ -202,6 +202,13 @@ class Config(RunKeys):
     )
     SEED: int = key(0, "Seed for model init, sampling and augmentation.", lo=0, hi=2**63 - 1)
     DEVICE: str = key("auto", '"auto" (CUDA if present), "cpu", "cuda" or "cuda:N".')
+    DIST_TIMEOUT_S: float = key(
+        300.0,
+        "Under torchrun: seconds a rank waits for the others in one exchange (start, a step, a "
+        "validation) before the job fails instead of hanging.",
+        lo=5.0,
+        hi=86400.0,
+    )
 
     # --- web panel -----------------------------------------------------------------------------
     WEB_ENABLED: bool = key(True, "Serve the web panel and REST API (--no-web turns it off).")

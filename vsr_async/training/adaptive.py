@@ -10,6 +10,7 @@ through `LRSchedule.start_boost`, so nothing else can overwrite it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,7 +37,16 @@ class AdaptiveSystem:
     out Warmup and Settling; the clip adapts in every mode but Off.
     """
 
-    def __init__(self, config: Any, schedule: LRSchedule, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        config: Any,
+        schedule: LRSchedule,
+        device: torch.device | str,
+        sum_over_ranks: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        # Under torchrun the sharpness window is summed over the ranks before a decision, so
+        # every rank decides the same (gradient norms agree already: DDP averaged them).
+        self.sum_over_ranks = sum_over_ranks
         self.schedule = schedule
         self.device = torch.device(device)
         # Fixed at start: the perceptual network is loaded only when its weight is > 0.
@@ -215,7 +225,10 @@ class AdaptiveSystem:
         quantile = samples = torch.zeros((), device=self.device)
         if self.clip_adaptive:
             quantile, samples = self._clip.summary(self.config.ADAPTIVE_CLIP_PERCENTILE)
-        packed = torch.stack([*self._weighting.window_sums(), quantile, samples])
+        sharpness = torch.stack(list(self._weighting.window_sums()))
+        if self.sum_over_ranks is not None:
+            sharpness = self.sum_over_ranks(sharpness)
+        packed = torch.cat([sharpness, torch.stack([quantile, samples])])
         sharp_sum, sharp_count, q, n = packed.tolist()  # device→host sync (logging cadence only)
         return sharp_sum, sharp_count, q, n
 

@@ -49,6 +49,10 @@ def open_loader(parts: EngineParts) -> Iterator[TrainBatch]:
             seed=parts.config.SEED,
             start_epoch=parts.samples_consumed // n,
             start_index=parts.samples_consumed % n,
+            # under torchrun: this rank's chunk of every step of the one global sample stream
+            rank=parts.ranks.rank if parts.ranks is not None else 0,
+            world_size=parts.world_size,
+            rank_batch=parts.rank_batch,
         )
     )
 
@@ -102,7 +106,7 @@ def shrink_after_oom(parts: EngineParts, step: int, message: str) -> None:
 
 
 def next_samples(parts: EngineParts) -> list[TrainBatch]:
-    """One optimizer step's samples (EFFECTIVE_BATCH of them) as the loader's batches.
+    """This rank's samples of one optimizer step (EFFECTIVE_BATCH) as the loader's batches.
 
     The loader yields batches of the micro-batch it was opened with, a divisor of the step's
     samples; the step is split into micro-batches of the current plan only when it runs,
@@ -111,12 +115,12 @@ def next_samples(parts: EngineParts) -> list[TrainBatch]:
     assert parts._batches is not None
     batches = [next(parts._batches)]
     count = batches[0].lr.shape[0]
-    while count < parts.samples_per_step:
+    while count < parts.rank_batch:
         batches.append(next(parts._batches))
         count += batches[-1].lr.shape[0]
-    if count != parts.samples_per_step:
+    if count != parts.rank_batch:
         raise RuntimeError(
-            f"loader batches gave {count} samples for a step of {parts.samples_per_step}"
+            f"loader batches gave {count} samples for a step of {parts.rank_batch}"
         )
     return batches
 

@@ -9,6 +9,7 @@ asyncio, HTTP or files. The work lives in one module per job: `parts` (the objec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,11 @@ from vsr_async.records import StepResult, StepStats, ValidationResult
 from vsr_async.settings import Config
 from vsr_async.training import batching, state, step, telemetry
 from vsr_async.training.batch_fit import BatchPlan
+from vsr_async.training.distributed import RankContext
 from vsr_async.training.parts import EngineParts, Resumed
-from vsr_async.training.validation import run_validation
+from vsr_async.training.rank_channel import ApplyConfig, Continue, Op, RankChannel, Validate
+from vsr_async.training.rank_channel import next_round as next_round_step
+from vsr_async.training.validation import ValShard, run_validation
 
 __all__ = ["Resumed", "TrainingEngine"]
 
@@ -27,9 +31,51 @@ __all__ = ["Resumed", "TrainingEngine"]
 class TrainingEngine(EngineParts):
     """Owns every tensor of the run; built on the GPU thread (CUDA handles are per thread)."""
 
-    def __init__(self, config: Config, dataset_info: Any) -> None:
-        super().__init__(config, dataset_info)
+    def __init__(
+        self, config: Config, dataset_info: Any, ranks: RankContext | None = None
+    ) -> None:
+        super().__init__(config, dataset_info, ranks)
         batching.plan_at_start(self)
+        # Under torchrun: the command channel. Rank 0 leads a round at step `run_until` (see
+        # rank_channel); the notes other ranks sent with it wait in `rank_notes`.
+        self.channel = RankChannel(ranks) if ranks is not None else None
+        self.run_until = 0
+        self.rank_notes: list[str] = []
+        self._round_clock: tuple[float, int] | None = None  # (time, step) of the last Continue
+        self._step_seconds: float | None = None  # training time per step, between rounds
+
+    # --- the command channel (torchrun) --------------------------------------------------------
+
+    @property
+    def leads_ranks(self) -> bool:
+        return self.channel is not None and self.channel.ranks.leader
+
+    @property
+    def at_round(self) -> bool:
+        """Whether every rank is at this step boundary now (always, without torchrun): only
+        then may rank 0 validate, change the config, pause or stop."""
+        return self.channel is None or self.step >= self.run_until
+
+    def tell_ranks(self, op: Op) -> None:
+        """Rank 0: a round with `op` (no-op elsewhere and without torchrun)."""
+        if not self.leads_ranks:
+            return
+        assert self.channel is not None and self.at_round, "ranks are not at a round"
+        if not isinstance(op, Continue):
+            self._round_clock = None  # time spent on `op` is not training time
+        self.rank_notes.extend(self.channel.lead(op))
+
+    def _continue_ranks(self) -> None:
+        """Rank 0, at a round before a step: measure the training pace since the last round,
+        then tell the ranks the step of the next one."""
+        now = time.perf_counter()
+        if self._round_clock is not None and self.step > self._round_clock[1]:
+            pace = (now - self._round_clock[0]) / (self.step - self._round_clock[1])
+            old = self._step_seconds
+            self._step_seconds = pace if old is None else 0.7 * old + 0.3 * pace
+        self.run_until = next_round_step(self.step, self.config, self._step_seconds)
+        self.tell_ranks(Continue(self.run_until))
+        self._round_clock = (now, self.step)
 
     # --- batch plan and live config ----------------------------------------------------------
 
@@ -43,6 +89,7 @@ class TrainingEngine(EngineParts):
 
     def apply_config(self, config: Config) -> None:
         """A live config change (validated by the caller), effective from the next step."""
+        self.tell_ranks(ApplyConfig(config))
         self.config = config
         self.schedule.update_bounds(config)
         self.adaptive.apply_config(config)
@@ -60,6 +107,8 @@ class TrainingEngine(EngineParts):
         return step.is_logging_step(self, step_number)
 
     def train_step(self) -> StepResult:
+        if self.leads_ranks and self.at_round:
+            self._continue_ranks()
         return step.train_step(self)
 
     def peek_stats(self) -> StepStats | None:
@@ -74,6 +123,10 @@ class TrainingEngine(EngineParts):
     ) -> ValidationResult:
         """Validate with the EMA weights when EMA is on, else the live weights; `should_stop`
         is polled per image (a stop interrupts with `ValidationInterrupted`)."""
+        self.tell_ranks(Validate())
+        shard = None
+        if self.ranks is not None:  # each rank its share; every rank gets the whole result
+            shard = ValShard(self.ranks.rank, self.ranks.world_size, self.ranks.all_gather)
         model = self.ema.model if self.ema is not None else self.model
         self.model.track_activity = False
         result = run_validation(
@@ -87,6 +140,7 @@ class TrainingEngine(EngineParts):
             should_stop=should_stop,
             used_ema=self.ema is not None,
             tiling=self.validation_tiling,  # an OOM retries the clip in tiles, remembered
+            shard=shard,
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # vram_usage_gb: peak since last val

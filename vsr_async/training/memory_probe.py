@@ -38,7 +38,7 @@ def probe_batch_plan(parts: EngineParts) -> BatchPlan:
     log.info(
         'BATCH_SIZE="auto": probing micro-batches for EFFECTIVE_BATCH=%d on %s '
         "(%.2f GB usable, limit %.2f GB with a %d%% margin)",
-        parts.samples_per_step,
+        parts.rank_batch,
         parts.device,
         usable / 1e9,
         limit / 1e9,
@@ -47,7 +47,7 @@ def probe_batch_plan(parts: EngineParts) -> BatchPlan:
     placeholders = optimizer_state_placeholders(parts.model, parts.optimizer)
     try:
         return fit_batch(
-            parts.samples_per_step,
+            parts.rank_batch,
             functools.partial(trial_step, parts),
             limit_bytes=limit,
             requested=requested_setting(parts.config),
@@ -79,7 +79,10 @@ def trial_step(parts: EngineParts, micro_batch: int, checkpointing: bool) -> int
         weights = dataclasses.replace(weights, perceptual=max(weights.perceptual, 1.0))
     try:
         with parts.autocast():
-            sr = parts.forward(lr.to(parts.device))  # [n, 3, H, W]
+            # The bare model under torchrun: each rank probes alone (DDP's backward would
+            # wait for the other ranks' gradients).
+            forward = parts.forward if parts.ddp is None else parts.model
+            sr = forward(lr.to(parts.device))  # [n, 3, H, W]
         total, _ = parts.loss(sr, gt.to(parts.device), weights)
         total.backward()  # no scaler, no optimizer step: nothing of the run changes
         torch.cuda.synchronize(parts.device)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from vsr_async.data.loader import TrainBatch, build_datasets
 from vsr_async.nn.ema import EmaWeights
@@ -24,6 +25,7 @@ from vsr_async.nn.tiling import TiledInference
 from vsr_async.settings import Config
 from vsr_async.training.adaptive import AdaptiveSystem
 from vsr_async.training.batch_fit import BatchPlan, effective_batch
+from vsr_async.training.distributed import RankContext
 from vsr_async.training.precision import PrecisionPlan, precision_for, resolve_device
 from vsr_async.training.schedule import LRSchedule
 from vsr_async.training.step_window import StepWindow
@@ -46,9 +48,14 @@ class Resumed:
 class EngineParts:
     """Owns every tensor of the run; built on the GPU thread (CUDA handles are per thread)."""
 
-    def __init__(self, config: Config, dataset_info: Any) -> None:
+    def __init__(
+        self, config: Config, dataset_info: Any, ranks: RankContext | None = None
+    ) -> None:
         self.config = config
+        self.ranks = ranks  # None: a plain process (no torchrun), which changes nothing below
         self.device = resolve_device(config.DEVICE)
+        if ranks is not None:
+            self.device = ranks.device(self.device)
         self.precision: PrecisionPlan = precision_for(config.AMP, self.device)
         log.info("precision: %s (%s)", self.precision.mode, self.precision.reason)
         torch.manual_seed(config.SEED)
@@ -67,7 +74,15 @@ class EngineParts:
         if self.channels_last:
             # Module.to accepts memory_format; torch's overloads for it leave the keyword out.
             cast(Any, self.model).to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if config.COMPILE else self.model
+        # Under torchrun the step's forward goes through DDP (its backward averages the
+        # gradients over the ranks); validation, EMA and checkpoints use the bare model.
+        self.ddp: DistributedDataParallel | None = None
+        trained: torch.nn.Module = self.model
+        if ranks is not None:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            trained = self.ddp
+        self.forward = torch.compile(trained) if config.COMPILE else trained
         self.ema = EmaWeights(self.model, config.EMA_DECAY) if config.EMA_DECAY > 0 else None
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -79,15 +94,17 @@ class EngineParts:
             self.device.type, enabled=self.precision.uses_grad_scaler
         )
         self.schedule = LRSchedule.from_config(config)
-        self.adaptive = AdaptiveSystem(config, self.schedule, self.device)
+        sum_over_ranks = ranks.sum_ if ranks is not None else None
+        self.adaptive = AdaptiveSystem(config, self.schedule, self.device, sum_over_ranks)
         self.loss = LossComputer(self._perceptual(config))
 
         # data
         self.train_set, self.val_set = build_datasets(config, dataset_info)
         self.train_gt_size: tuple[int, int] = dataset_info.train_gt_size  # (W, H), for the probe
         # The batch settings mean per rank; a step consumes world_size x that many samples.
-        self.world_size = 1  # ranks of a torchrun job (set by the distributed set-up)
-        self.samples_per_step = effective_batch(config)
+        self.world_size = ranks.world_size if ranks is not None else 1
+        self.rank_batch = effective_batch(config)  # this rank's samples per step
+        self.samples_per_step = self.rank_batch * self.world_size  # one step, all ranks
         self.samples_consumed = 0
         self.step = 0  # optimizer steps completed
 
@@ -98,7 +115,7 @@ class EngineParts:
         self.validation_tiling = TiledInference()
         self.runtime_version = 0  # bumped when a fact of `telemetry.runtime_facts` changes
         self._batches: Iterator[TrainBatch] | None = None  # yields the plan's micro-batches
-        self.window = StepWindow(self.device)
+        self.window = StepWindow(self.device, ranks.mean_ if ranks is not None else None)
         # activity is tracked on logging steps, and on every step until the first is read, so
         # a validation before the first logging step has a layer activity map too
         self.activity_read = False

@@ -7,6 +7,7 @@ on logging steps (telemetry.read_stats), the one deliberate device→host sync.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol, cast
 
 import torch
@@ -33,6 +34,12 @@ class FusedSkip(Protocol):
 def is_logging_step(parts: EngineParts, step: int) -> bool:
     """Whether completing step number `step` (1-based) reads numbers off the device."""
     return step % parts.config.LOG_TBOARD_EVERY == 0
+
+
+def histogram_step(parts: EngineParts) -> bool:
+    """Weight histograms are copied on rank 0 only (the weights agree; only it writes)."""
+    leader = parts.ranks is None or parts.ranks.leader
+    return leader and parts.step % parts.config.HIST_STEP_EVERY == 0
 
 
 def epoch_steps_total(parts: EngineParts) -> int:
@@ -69,6 +76,8 @@ def train_step(parts: EngineParts) -> StepResult:
         parts.model.parameters(), max_norm=parts.adaptive.grad_clip, foreach=True
     )
     finite = torch.isfinite(terms[0]) & torch.isfinite(grad_norm)
+    if parts.ranks is not None:  # every rank skips or takes the update alike (on the device)
+        finite = parts.ranks.sum_((~finite).float().reshape(1))[0] == 0
     if parts.scaler.is_enabled():
         parts.scaler.step(parts.optimizer)  # skips on its own found_inf (no extra sync)
         parts.scaler.update()
@@ -99,7 +108,7 @@ def train_step(parts: EngineParts) -> StepResult:
         lr_phase=parts.schedule.phase(step_index),
         skipped_files=tuple(skipped),
         stats=telemetry.read_stats(parts) if logging_step else None,
-        histograms=telemetry.histograms(parts) if parts.step % cfg.HIST_STEP_EVERY == 0 else None,
+        histograms=telemetry.histograms(parts) if histogram_step(parts) else None,
     )
 
 
@@ -113,14 +122,24 @@ def accumulate(
     accumulation = parts.batch_plan.accumulation_steps
     parts.optimizer.zero_grad(set_to_none=True)
     terms = torch.zeros(LOSS_VALUES, device=parts.device)  # the total, then each LossTerm
-    for micro in split_batch(samples, parts.batch_plan.micro_batch):
+    micros = list(split_batch(samples, parts.batch_plan.micro_batch))
+    for index, micro in enumerate(micros):
         batch = micro.to(parts.device, non_blocking=True)
-        with parts.autocast():
-            sr = parts.forward(batch.lr)  # [B, 3, H, W]
-        total, components = parts.loss(sr, batch.gt, weights)
-        parts.scaler.scale(total / accumulation).backward()
+        # Under torchrun only the last micro-batch's backward averages gradients over the ranks.
+        with gradient_sync(parts, last=index == len(micros) - 1):
+            with parts.autocast():
+                sr = parts.forward(batch.lr)  # [B, 3, H, W]
+            total, components = parts.loss(sr, batch.gt, weights)
+            parts.scaler.scale(total / accumulation).backward()
         terms += torch.cat([total.detach().reshape(1), components])
     return terms, sr.detach(), batch.gt
+
+
+def gradient_sync(parts: EngineParts, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's no_sync for every micro-batch but the last (a plain process: nothing)."""
+    if parts.ddp is None or last:
+        return contextlib.nullcontext()
+    return parts.ddp.no_sync()
 
 
 def accumulate_fitting(

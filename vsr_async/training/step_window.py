@@ -7,7 +7,7 @@ adapts) exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 import torch
@@ -40,7 +40,12 @@ class _Counters(NamedTuple, Generic[T]):
 
 
 class StepWindow:
-    def __init__(self, device: torch.device) -> None:
+    def __init__(
+        self, device: torch.device, mean_over_ranks: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        # Under torchrun `read` averages the packed sums over the ranks (one all-reduce at the
+        # logging cadence): each rank's losses are its own batch's, the rest agree already.
+        self.mean_over_ranks = mean_over_ranks
         zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
         self.term_sum = zeros(LOSS_VALUES)  # laid out as LossMeans
         self.grad_norm_sum = zeros(())
@@ -79,6 +84,8 @@ class StepWindow:
                 *(t.reshape(1).float() for t in extra),
             ]
         )
+        if reset and self.mean_over_ranks is not None:  # `peek` stays local: no collective
+            self.mean_over_ranks(packed)
         values = packed.tolist()  # device→host sync (logging cadence only)
         after_sums = LOSS_VALUES + len(_Counters._fields)
         sums = values[:LOSS_VALUES]

@@ -1,0 +1,74 @@
+"""A process of a torchrun job other than rank 0: no event loop, panel, keyboard or files.
+
+Its one thread is its GPU thread: it joins the job, takes rank 0's config, dataset and state
+(`training.rank_start`), then follows rank 0's rounds (`training.follower`). A SIGTERM or SIGINT
+here is sent to rank 0 with the next round, so every rank stops at the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from vsr_async.settings import Config
+from vsr_async.training.distributed import RankContext
+
+log = logging.getLogger(__name__)
+
+
+class StopNotes:
+    """Signals received, handed to rank 0 once; a second signal ends the process at once."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.reason: str | None = None
+        self.sent = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.reason is not None:
+            os.write(2, f"[rank {self.rank}] {name} again: exiting now\n".encode())
+            os._exit(128 + signum)
+        self.reason = f"signal {name}"
+        log.warning("%s received: asking rank 0 to stop every rank", name)
+
+    def __call__(self) -> str | None:
+        if self.reason is None or self.sent:
+            return None
+        self.sent = True
+        return self.reason
+
+
+def log_to_stderr(rank: int) -> None:
+    """Every line of this rank on stderr (torchrun collects it), prefixed with the rank."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
+def run_follower(config: Config, ranks: RankContext) -> int:
+    """Train as rank `ranks.rank` until rank 0 says stop; the process's exit code."""
+    from vsr_async.training.follower import follow
+    from vsr_async.training.rank_start import start_follower
+
+    log_to_stderr(ranks.rank)
+    notes = StopNotes(ranks.rank)
+    notes.install()
+    engine = start_follower(ranks, config)
+    try:
+        follow(engine, notes)
+    finally:
+        engine.close()
+        ranks.close()
+    log.info("stopped at step %d", engine.step)
+    return 0
