@@ -119,13 +119,34 @@ def build_train_loader(
     seed: int,
     start_epoch: int = 0,
     start_index: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    rank_batch: int = 1,
 ) -> TrainLoader:
     """An endless loader of TrainBatch, resuming at (start_epoch, start_index).
 
     Batches are the same for any `num_workers`: every random choice comes from the sampler's
     per-sample seed. Pinning is used only where a CUDA device can use it.
+
+    Under torchrun, rank `rank` of `world_size` loads only its chunks of `rank_batch` positions
+    of the global stream (see ResumableSampler); `batch_size` (the micro-batch) must divide
+    `rank_batch`, so that no micro-batch mixes two steps' chunks. The defaults are one process.
     """
-    sampler = ResumableSampler(len(dataset), seed, start_epoch, start_index)
+    if world_size > 1 and rank_batch % batch_size:
+        raise ValueError(
+            f"batch_size {batch_size} must divide rank_batch {rank_batch} (samples per rank "
+            "and step), or a micro-batch would mix two steps"
+        )
+    sampler = ResumableSampler(
+        len(dataset),
+        seed,
+        start_epoch,
+        start_index,
+        rank=rank,
+        world_size=world_size,
+        rank_batch=rank_batch,
+    )
     workers: dict[str, Any] = {}
     if num_workers > 0:
         workers = dict(
