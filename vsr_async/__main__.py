@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import vsr_async
 from vsr_async.errors import OptionError, VsrError, one_line
@@ -33,6 +33,9 @@ from vsr_async.settings import (
 )
 from vsr_async.terminal.progress import ProgressBar
 from vsr_async.tools import TOOLS
+
+if TYPE_CHECKING:
+    from vsr_async.training.distributed import RankContext
 
 log = logging.getLogger("vsr_async.cli")
 

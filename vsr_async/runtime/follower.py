@@ -13,6 +13,7 @@ import signal
 import sys
 from types import FrameType
 
+from vsr_async.files.logs import ConsoleFormatter
 from vsr_async.settings import Config
 from vsr_async.training.distributed import RankContext
 
@@ -46,10 +47,21 @@ class StopNotes:
         return self.reason
 
 
+class RankFormatter(ConsoleFormatter):
+    """Rank 0's console format, prefixed: `[rank 1] 12:00:01 message`."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.prefix = f"[rank {rank}] "
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.prefix + super().format(record)
+
+
 def log_to_stderr(rank: int) -> None:
     """Every line of this rank on stderr (torchrun collects it), prefixed with the rank."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
+    handler.setFormatter(RankFormatter(rank))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -111,9 +111,7 @@ class GpuWorker:
         when this process does: their next exchange fails). Whether they were told."""
         if not (self.started and self.distributed and self.at_round):
             return False
-        from vsr_async.training.rank_channel import Stop
-
-        await self.tell_ranks(Stop(reason))
+        await self._call(lambda engine: engine.stop_ranks(reason))
         return True
 
     async def ensure_batch_plan(self) -> BatchPlan:

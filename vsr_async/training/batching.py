@@ -119,9 +119,7 @@ def next_samples(parts: EngineParts) -> list[TrainBatch]:
         batches.append(next(parts._batches))
         count += batches[-1].lr.shape[0]
     if count != parts.rank_batch:
-        raise RuntimeError(
-            f"loader batches gave {count} samples for a step of {parts.rank_batch}"
-        )
+        raise RuntimeError(f"loader batches gave {count} samples for a step of {parts.rank_batch}")
     return batches
 
 

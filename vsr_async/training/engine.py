@@ -9,6 +9,8 @@ asyncio, HTTP or files. The work lives in one module per job: `parts` (the objec
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,19 +23,26 @@ from vsr_async.training import batching, state, step, telemetry
 from vsr_async.training.batch_fit import BatchPlan
 from vsr_async.training.distributed import RankContext
 from vsr_async.training.parts import EngineParts, Resumed
-from vsr_async.training.rank_channel import ApplyConfig, Continue, Op, RankChannel, Validate
+from vsr_async.training.rank_channel import (
+    ApplyConfig,
+    Continue,
+    Op,
+    RankChannel,
+    Stop,
+    Validate,
+)
 from vsr_async.training.rank_channel import next_round as next_round_step
 from vsr_async.training.validation import ValShard, run_validation
 
 __all__ = ["Resumed", "TrainingEngine"]
 
+log = logging.getLogger(__name__)
+
 
 class TrainingEngine(EngineParts):
     """Owns every tensor of the run; built on the GPU thread (CUDA handles are per thread)."""
 
-    def __init__(
-        self, config: Config, dataset_info: Any, ranks: RankContext | None = None
-    ) -> None:
+    def __init__(self, config: Config, dataset_info: Any, ranks: RankContext | None = None) -> None:
         super().__init__(config, dataset_info, ranks)
         batching.plan_at_start(self)
         # Under torchrun: the command channel. Rank 0 leads a round at step `run_until` (see
@@ -65,6 +74,29 @@ class TrainingEngine(EngineParts):
             self._round_clock = None  # time spent on `op` is not training time
         self.rank_notes.extend(self.channel.lead(op))
 
+    def stop_ranks(self, reason: str) -> list[str]:
+        """The last round (every rank, rank 0 with `reason`): stop here, and compare the
+        weights' fingerprints, which DDP keeps equal. Every rank's fingerprint, by rank."""
+        self.tell_ranks(Stop(reason))
+        assert self.ranks is not None
+        prints = self.ranks.all_gather(self.weights_fingerprint())
+        if self.leads_ranks:
+            if len(set(prints)) == 1:
+                log.info("every rank holds the same weights at step %d (%s)", self.step, prints[0])
+            else:
+                log.error("the ranks' weights differ at step %d: %s", self.step, prints)
+        else:
+            log.info("weights at step %d: %s", self.step, prints[self.ranks.rank])
+        return prints
+
+    def weights_fingerprint(self) -> str:
+        """sha256 of the model's weights (names and bytes): equal only if bit for bit equal."""
+        digest = hashlib.sha256()
+        for name, value in self.model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return f"sha256 {digest.hexdigest()[:16]}"
+
     def _continue_ranks(self) -> None:
         """Rank 0, at a round before a step: measure the training pace since the last round,
         then tell the ranks the step of the next one."""
@@ -73,9 +105,9 @@ class TrainingEngine(EngineParts):
             pace = (now - self._round_clock[0]) / (self.step - self._round_clock[1])
             old = self._step_seconds
             self._step_seconds = pace if old is None else 0.7 * old + 0.3 * pace
-        self.run_until = next_round_step(self.step, self.config, self._step_seconds)
-        self.tell_ranks(Continue(self.run_until))
-        self._round_clock = (now, self.step)
+        until = next_round_step(self.step, self.config, self._step_seconds)
+        self.tell_ranks(Continue(until))
+        self.run_until, self._round_clock = until, (now, self.step)
 
     # --- batch plan and live config ----------------------------------------------------------
 

@@ -51,4 +51,5 @@ def follow(engine: TrainingEngine, note: Callable[[], str | None]) -> str:
                 log.info("training resumed at step %d", engine.step)
             case Stop(reason=reason):
                 log.info("stopping at step %d: %s", engine.step, reason)
+                engine.stop_ranks(reason)  # the weights' fingerprints, compared by rank 0
                 return reason

@@ -8,6 +8,7 @@ modules work on these parts; `engine.TrainingEngine` is the facade that the work
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,12 +46,19 @@ class Resumed:
     source: Path | None = None  # the file it came from (retention's lineage: see checkpoints.py)
 
 
+def rank_local_buffers() -> dict[str, bool]:
+    """DDP keyword that leaves buffers (the activity sums) rank-local after the start: no
+    broadcast before every forward. Its name changed in torch 2.13."""
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 class EngineParts:
     """Owns every tensor of the run; built on the GPU thread (CUDA handles are per thread)."""
 
-    def __init__(
-        self, config: Config, dataset_info: Any, ranks: RankContext | None = None
-    ) -> None:
+    def __init__(self, config: Config, dataset_info: Any, ranks: RankContext | None = None) -> None:
         self.config = config
         self.ranks = ranks  # None: a plain process (no torchrun), which changes nothing below
         self.device = resolve_device(config.DEVICE)
@@ -80,7 +88,7 @@ class EngineParts:
         trained: torch.nn.Module = self.model
         if ranks is not None:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids, **rank_local_buffers())
             trained = self.ddp
         self.forward = torch.compile(trained) if config.COMPILE else trained
         self.ema = EmaWeights(self.model, config.EMA_DECAY) if config.EMA_DECAY > 0 else None

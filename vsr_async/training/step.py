@@ -53,7 +53,6 @@ def progress(parts: EngineParts) -> tuple[int, int]:
 
 
 def train_step(parts: EngineParts) -> StepResult:
-    cfg = parts.config
     step_index = parts.step  # 0-based index of the step being taken
     logging_step = is_logging_step(parts, step_index + 1)
     lr = parts.schedule.lr(step_index)
