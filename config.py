@@ -166,6 +166,9 @@ NAN_LIMIT = 10  # in [1, 1e+06]
 SEED = 0  # in [0, 9.22337e+18]
 # "auto" (CUDA if present), "cpu", "cuda" or "cuda:N".
 DEVICE = "auto"
+# Under torchrun: seconds a rank waits for the others in one exchange (start, a step, a
+# validation) before the job fails instead of hanging.
+DIST_TIMEOUT_S = 300.0  # in [5, 86400]
 
 # WEB PANEL AND KEYBOARD
 # Serve the web panel and REST API (--no-web turns it off).

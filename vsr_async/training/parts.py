@@ -46,7 +46,7 @@ class Resumed:
     source: Path | None = None  # the file it came from (retention's lineage: see checkpoints.py)
 
 
-def rank_local_buffers() -> dict[str, bool]:
+def rank_local_buffers() -> dict[str, Any]:
     """DDP keyword that leaves buffers (the activity sums) rank-local after the start: no
     broadcast before every forward. Its name changed in torch 2.13."""
     parameters = inspect.signature(DistributedDataParallel.__init__).parameters
