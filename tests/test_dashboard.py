@@ -53,6 +53,7 @@ SHOWN_KEYS = (
     "ssim_ki",
     "last_statistics_written",
     "last_checkpoint",
+    "global_batch",
 )
 
 
@@ -100,11 +101,12 @@ async def test_dashboard_shows_the_snapshot_of_a_real_run(start_run) -> None:
         f"ckpt {snap['last_checkpoint']}",
         "PAUSED",
         "panel off",
+        f"global batch {snap['global_batch']}",
     ]
     for name, value in snap["layer_activity_map"].items():
         expected += [name, f"{value:.4g}"]
     assert [e for e in expected if e not in text] == [], text
-    assert "N/A" not in text
+    assert "N/A" not in text and "ranks" not in text  # one rank: no rank count
     assert text.count(MISSING) == sum(snap[key] is None for key in SHOWN_KEYS), text
 
     # the store changes -> the drawing changes
@@ -139,6 +141,7 @@ def test_values_that_do_not_exist_yet_are_dashes_not_constants() -> None:
     assert "validation none yet" in text
     assert "panel http://127.0.0.1:5050" in text
     assert "STARTING" in text
+    assert "global batch –" in text and "ranks" not in text  # before the engine's facts
     store.set_extra(web_url="http://127.0.0.1:41234/")
     assert "panel http://127.0.0.1:41234/" in draw(Dashboard(store, config), store.snapshot())
     # A generated token reaches the terminal through the panel, never through the store.
@@ -165,3 +168,14 @@ async def test_dashboard_service_redraws_on_changes_at_most_4_per_second(start_r
     finally:
         await dashboard.stop()
     assert "Traceback" not in console.export_text(clear=False)
+
+
+def test_a_torchrun_jobs_ranks_and_global_batch_are_in_the_header() -> None:
+    store = StatsStore(run_id="20261201-030732-abcdef", step_max=100)
+    config = type("Cfg", (), {"WEB_ENABLED": False, "WEB_HOST": "127.0.0.1", "WEB_PORT": 5050})
+    store.set_extra(world_size=2, global_batch=8)  # as the supervisor hands the engine's facts
+    header = draw(Dashboard(store, config), store.snapshot()).split("\n")[0]
+    assert header.endswith("STARTING  ranks 2 · global batch 8"), header
+    store.set_extra(world_size=1, global_batch=1024)
+    header = draw(Dashboard(store, config), store.snapshot()).split("\n")[0]
+    assert header.endswith("STARTING  global batch 1,024"), header

@@ -27,7 +27,7 @@ from vsr_async.runtime.snapshot import (
     request_metrics,
 )
 from vsr_async.runtime.store import StatsStore
-from web.metrics import EXPORTED
+from web.metrics import EXPORTED, StoreCollector
 from web.schemas import SNAPSHOT_SCHEMA, VALIDATION_REQUEST
 
 
@@ -182,3 +182,37 @@ def test_a_validation_request_reports_the_definitions_request_metrics() -> None:
     assert metrics["quality_ki_value"] is not None
     schema = VALIDATION_REQUEST["properties"]["metrics"]
     assert schema["type"] == ["object", "null"] and schema["required"] == sorted(metrics)
+
+
+async def test_a_run_reports_world_size_1_and_its_global_batch(start_run) -> None:
+    """Without torchrun a run is one rank, and a step's samples are BATCH_SIZE x ACCUMULATION."""
+    run = await start_run(ACCUMULATION_STEPS=3)
+    snapshot = run.store.snapshot()
+    assert snapshot["world_size"] == 1
+    assert snapshot["global_batch"] == run.config.BATCH_SIZE * run.config.ACCUMULATION_STEPS == 6
+    assert snapshot["runtime"]["batch_plan"] is not None  # the other facts stay in `runtime`
+    assert not {"world_size", "global_batch"} & set(snapshot["runtime"])  # each fact once
+
+
+def test_the_job_keys_come_from_the_runtime_facts() -> None:
+    """A torchrun job's facts (here fed to the store as the supervisor does) are the snapshot's
+    `world_size` and `global_batch`, and Prometheus gauges; before them both are null."""
+    store = StatsStore(run_id="job", step_max=10)
+    before = store.snapshot()
+    assert before["world_size"] is None and before["global_batch"] is None
+    store.set_extra(world_size=2, global_batch=8, precision="fp32")
+    snapshot = store.snapshot()
+    assert (snapshot["world_size"], snapshot["global_batch"]) == (2, 8)
+    assert snapshot["runtime"] == {"precision": "fp32"}
+    assert mismatches(snapshot, Snapshot, "") == []
+    samples = {
+        sample.name: sample.value
+        for family in StoreCollector(store, lambda: 0).collect()
+        for sample in family.samples
+    }
+    assert samples["vsr_world_size"] == 2 and samples["vsr_global_batch_samples"] == 8
+    assert "vsr_world_size" not in {
+        sample.name
+        for family in StoreCollector(StatsStore(run_id="x", step_max=1), lambda: 0).collect()
+        for sample in family.samples
+    }

@@ -85,6 +85,19 @@ async def exercise_panel(live: LiveRun, page: Page, context, problems: list[str]
     await wait_for_shown_step_above(page, await shown_step(page))
     await expect(page.locator("#run-state")).to_have_text("Training", timeout=WAIT_MS)
 
+    # the job: the global batch always, the rank count only for a torchrun job of several ranks
+    config = live.supervisor.config
+    await expect(page.locator("#job")).to_have_text(
+        f"global batch {config.BATCH_SIZE * config.ACCUMULATION_STEPS}"
+    )
+    assert await page.locator("#ranks").is_hidden()
+    facts = {key: live.store.extra[key] for key in ("world_size", "global_batch")}
+    live.store.set_extra(world_size=2, global_batch=8)  # as the supervisor hands a job's facts
+    await expect(page.locator("#job")).to_have_text("ranks 2 · global batch 8")
+    await expect(page.locator("#ranks")).to_have_text("2 ranks")
+    live.store.set_extra(**facts)
+    await expect(page.locator("#ranks")).to_be_hidden()
+
     # a second tab follows the same run
     second = await context.new_page()
     await second.goto(live.url("/"))

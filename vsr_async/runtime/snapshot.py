@@ -329,6 +329,24 @@ class Snapshot(TypedDict):
     last_statistics_written: Annotated[str | None, Key("Newest Statistik file on disk.")]
     last_statistics_error: Annotated[str | None, Key("Why the last Statistik write failed.")]
     last_checkpoint: Annotated[str | None, Key("Newest checkpoint file on disk.")]
+    # the job: runtime facts the engine reports at its start, lifted out of `runtime`
+    world_size: Annotated[
+        int | None,
+        Key(
+            "Ranks of the torchrun job (1 without torchrun); null until the engine has started.",
+            gauge("vsr_world_size"),
+            minimum=1,
+        ),
+    ]
+    global_batch: Annotated[
+        int | None,
+        Key(
+            "Samples per optimizer step over all ranks (world_size x the per-rank effective "
+            "batch); null until the engine has started.",
+            gauge("vsr_global_batch_samples"),
+            minimum=1,
+        ),
+    ]
     runtime: Annotated[dict[str, Any], Key("Facts set once: device, precision, batch plan.")]
     config_live: Annotated[dict[str, Any], Key("Current values of the live-changeable keys.")]
 

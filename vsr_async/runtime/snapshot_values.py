@@ -1,12 +1,13 @@
 """Snapshot values built from the records the engine hands up: a validation image's entry, the
-Y-channel means, and the layer activity map (in the predecessor's names for its model)."""
+Y-channel means, the layer activity map (in the predecessor's names for its model), and the job's
+keys taken from the runtime facts."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Mapping
-from typing import TypedDict, cast
+from typing import Any, TypedDict, cast
 
 from vsr_async.records import ImageMetrics, ValidationResult
 from vsr_async.runtime.snapshot import ValidationImage
@@ -61,3 +62,21 @@ def activity_keys(
         for name, value in activity.items()
     }
     return entries, max((v for v in activity.values() if math.isfinite(v)), default=None)
+
+
+class JobKeys(TypedDict):
+    """The snapshot's keys about the job (a part of `Snapshot`, filled by `job_keys`): runtime
+    facts the engine reports, shown as keys of their own rather than inside `runtime`."""
+
+    world_size: int | None
+    global_batch: int | None
+
+
+def job_keys(facts: Mapping[str, Any]) -> JobKeys:
+    """World size and global batch from the runtime facts (None before the engine reports)."""
+    return {"world_size": facts.get("world_size"), "global_batch": facts.get("global_batch")}
+
+
+def runtime_entries(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """`runtime`: the facts that have no key of their own, so each fact is in a snapshot once."""
+    return {name: value for name, value in facts.items() if name not in JobKeys.__annotations__}

@@ -26,7 +26,13 @@ from vsr_async.runtime.snapshot import (
     SCHEMA_VERSION,
     Snapshot,
 )
-from vsr_async.runtime.snapshot_values import activity_keys, image_entry, y_channel_keys
+from vsr_async.runtime.snapshot_values import (
+    activity_keys,
+    image_entry,
+    job_keys,
+    runtime_entries,
+    y_channel_keys,
+)
 
 HISTORY_POINTS = 5000  # per series, at the logging cadence; the oldest points are dropped
 
@@ -327,7 +333,8 @@ class StatsStore:
             "last_statistics_written": self.last_statistics_written,
             "last_statistics_error": self.last_statistics_error,
             "last_checkpoint": self.last_checkpoint,
-            "runtime": dict(self.extra),
+            **job_keys(self.extra),
+            "runtime": runtime_entries(self.extra),
             "config_live": dict(self.config_live),
         }
         return cast(Snapshot, finite_or_none(snap))

@@ -109,8 +109,22 @@ class DashboardFrame:
 
     def header(self) -> Text:
         return text_line(
-            ("vsr_async", "bold"), "  run ", value_part(self.s["run_id"], ""), "  ", self.phase()
+            ("vsr_async", "bold"),
+            "  run ",
+            value_part(self.s["run_id"], ""),
+            "  ",
+            self.phase(),
+            *self.job(),
         )
+
+    def job(self) -> list[str | tuple[str, str]]:
+        """The job's shape: the rank count only for a torchrun job of several ranks, the global
+        batch (the samples of one optimizer step) always."""
+        s = self.s
+        parts: list[str | tuple[str, str]] = ["  "]
+        if (ranks := s["world_size"]) is not None and ranks > 1:
+            parts += ["ranks ", value_part(str(ranks), "bold cyan"), " · "]
+        return [*parts, "global batch ", value_part(fmt(s["global_batch"], ","), "")]
 
     def progress(self, width: int) -> Text:
         s = self.s

@@ -143,6 +143,7 @@
     renderRunState(snap);
     renderActivity(snap.layer_activity_map || {});
     renderImageTable(snap.validation_images || []);
+    renderJob(snap.world_size, snap.global_batch);
     renderRuntime(snap.runtime || {});
     renderTensorBoardLink(snap.tensorboard_port);
     renderConfigValues(snap.config_live || {});
@@ -268,6 +269,18 @@
       });
       body.appendChild(tr);
     }
+  }
+
+  // The job's shape: the rank count only for a torchrun job of several ranks (then also in the
+  // top bar), the global batch (the samples of one optimizer step) always.
+  function renderJob(ranks, globalBatch) {
+    const several = num(ranks) && ranks > 1;
+    const batch = "global batch " + format(globalBatch, "int");
+    const text = several ? "ranks " + ranks + " · " + batch : batch;
+    if ($("job").textContent !== text) $("job").textContent = text;
+    const pill = $("ranks");
+    pill.hidden = !several;
+    pill.textContent = several ? ranks + " ranks" : "";
   }
 
   function renderRuntime(runtime) {
