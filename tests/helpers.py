@@ -134,8 +134,7 @@ class CliRun:
 
     @classmethod
     async def start(cls, config_file: Path, *args: str) -> CliRun:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
+        return await cls.exec(
             "-m",
             "vsr_async",
             "train",
@@ -144,6 +143,33 @@ class CliRun:
             "--no-web",
             "--no-keyboard",
             *args,
+        )
+
+    @classmethod
+    async def torchrun(
+        cls, config_file: Path, *launcher: str, args: tuple[str, ...] = ("--no-web",)
+    ) -> CliRun:
+        """`torchrun LAUNCHER... -m vsr_async train --config FILE --no-keyboard ARGS...`: every
+        rank's console lines arrive here (rank 0's plain, the others' prefixed `[rank N] `)."""
+        return await cls.exec(
+            "-m",
+            "torch.distributed.run",
+            *launcher,
+            "-m",
+            "vsr_async",
+            "train",
+            "--config",
+            str(config_file),
+            "--no-keyboard",
+            *args,
+        )
+
+    @classmethod
+    async def exec(cls, *argv: str) -> CliRun:
+        """`python ARGV...` with stdin closed, stdout and stderr read together."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *argv,
             cwd=REPO,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
