@@ -59,9 +59,12 @@ class RankFormatter(ConsoleFormatter):
 
 
 def log_to_stderr(rank: int) -> None:
-    """Every line of this rank on stderr (torchrun collects it), prefixed with the rank."""
+    """This rank's lines on stderr, prefixed with the rank: every line where torchrun collects
+    them (a pipe or a file: `--tee`, `--log-dir`), warnings only on a terminal, where rank 0's
+    dashboard is drawn."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RankFormatter(rank))
+    handler.setLevel(logging.WARNING if sys.stderr.isatty() else logging.INFO)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)

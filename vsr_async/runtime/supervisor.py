@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vsr_async.errors import CommandNotAvailable, ConfigError, ValidationInterrupted, VsrError
+from vsr_async.errors import (
+    CommandNotAvailable,
+    ConfigError,
+    RankError,
+    ValidationInterrupted,
+    VsrError,
+)
 from vsr_async.files.statistics import StatisticsWriter
 from vsr_async.files.tensorboard import TensorBoardLogger
 from vsr_async.runtime import commands as cmd
@@ -328,8 +334,8 @@ class Supervisor(CommandProducers):
         started = time.monotonic()
         try:  # torchrun: the other ranks stop at this step (before the final checkpoint)
             await self.worker.release_ranks(reason)
-        except Exception:
-            log.exception("could not tell the other ranks to stop")
+        except RankError as exc:  # one of them is gone: the job ends anyway
+            log.warning("could not tell the other ranks to stop: %s", exc)
         if self.checkpointer is not None and self.worker.started:
             try:
                 await (await self.checkpointer.save("shutdown"))
