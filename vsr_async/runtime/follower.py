@@ -83,7 +83,7 @@ def run_follower(config: Config, ranks: RankContext) -> int:
     try:
         follow(engine, notes)
     finally:
-        engine.close()
-        ranks.close()
+        engine.close()  # loader workers stop, also after a failed exchange
+    ranks.close()  # only after a clean stop: a group with a failed peer may not close
     log.info("stopped at step %d", engine.step)
     return 0
