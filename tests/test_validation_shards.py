@@ -122,9 +122,15 @@ def rank_main(rank: int, world: int, port: int, state: dict, out: Path) -> None:
                 val_set(count),
                 shard=shard,
                 progress=progress.append,
-                should_stop=lambda: True,  # ignored when sharded: the ranks would disagree
             )
             report[f"result {count}"] = (result, progress)
+        # The last rank is asked to stop after its first image; every rank stops there.
+        asked = iter([False, *[rank == world - 1] * 10])
+        try:
+            validate(model, val_set(5), shard=shard, should_stop=lambda: next(asked))
+        except ValidationInterrupted as exc:
+            report["stop"] = str(exc)
+        report["after stop"] = validate(model, val_set(5), shard=shard)  # still in step
         try:
             validate(model, BrokenSet(clips(5)), shard=shard)
         except Exception as exc:
@@ -197,6 +203,9 @@ def test_every_rank_gets_the_single_process_result(world: int, tmp_path: Path) -
                 "validation failed on rank 1: dataset Val/GT/clip01.png: truncated file"
             )
         assert_same_result(report["after failure"], want[5])
+        # one rank's stop interrupts every rank at the same image slot, and none gathers
+        assert report["stop"] == f"validation interrupted after {world} of 5 images"
+        assert_same_result(report["after stop"], want[5])
 
 
 def test_one_rank_or_none_is_the_single_process_path() -> None:

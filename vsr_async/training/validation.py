@@ -157,6 +157,39 @@ def assemble(records: Sequence[ImageRecord], *, started: float, used_ema: bool) 
     )
 
 
+def validate_agreeing(
+    shard: ValShard,
+    one_image: Callable[[int], ImageRecord],
+    count: int,
+    should_stop: Callable[[], bool],
+    progress: Callable[[float], None],
+) -> list[ImageRecord]:
+    """This rank's share, image slot by image slot; before each slot the ranks agree (one small
+    gather) whether any of them was asked to stop or failed, so all of them interrupt at the same
+    slot (`ValidationInterrupted`) or end early together; a failure is raised here and sent to the
+    others by `gather_records`. Every rank takes part in every slot, with an image or not."""
+    slots = -(-count // shard.world_size)
+    mine = len(range(shard.rank, count, shard.world_size))
+    records: list[ImageRecord] = []
+    failure: Exception | None = None
+    for slot in range(slots):
+        votes = shard.gather((should_stop(), failure is not None))
+        if any(failed for _, failed in votes):
+            break
+        if any(stop for stop, _ in votes):
+            raise ValidationInterrupted(slot * shard.world_size, count)
+        i = shard.rank + slot * shard.world_size
+        if i < count:
+            try:
+                records.append(one_image(i))
+            except Exception as exc:  # the others learn of it at the next slot
+                failure = exc
+            progress(len(records) / mine)
+    if failure is not None:
+        raise failure
+    return records
+
+
 def gather_records(
     shard: ValShard, validate_share: Callable[[], list[ImageRecord]], count: int
 ) -> list[ImageRecord]:
@@ -166,6 +199,8 @@ def gather_records(
     mine: list[ImageRecord] | _RankFailure
     try:
         mine = validate_share()
+    except ValidationInterrupted:
+        raise  # every rank was interrupted at the same slot: none gathers
     except Exception as exc:  # raised below, after the collective
         error = exc
         user_error = isinstance(exc, VsrError)
@@ -210,35 +245,38 @@ def run_validation(
     With a `shard` of several ranks, this rank validates its share (`progress` is the fraction
     of it, `duration_s` this rank's wall time), the records are gathered, and every rank returns
     the result a single process would, bit for bit (given the same weights and deterministic
-    kernels on every rank). `should_stop` is then ignored: the ranks would have to agree on it,
-    so a stop waits for the (sharded, shorter) validation. A rank whose share fails raises its
-    error and the others raise "validation failed on rank r: ..." after the one gather."""
+    kernels on every rank). The ranks agree on `should_stop` (any rank's) before each image
+    slot, so a stop interrupts every rank at the same image. A rank whose share fails raises its
+    error and the others raise "validation failed on rank r: ..."."""
     tiling = tiling if tiling is not None else TiledInference()
     started = time.perf_counter()
     count = len(val_set)
     shard = shard if shard is not None and shard.world_size > 1 else None
     indices = range(count) if shard is None else range(shard.rank, count, shard.world_size)
 
+    def one_image(i: int) -> ImageRecord:
+        return validate_image(
+            model,
+            i,
+            val_set[i],
+            device=device,
+            scale=scale,
+            num_frames=num_frames,
+            autocast=autocast,
+            tiling=tiling,
+        )
+
     def validate_share() -> list[ImageRecord]:
         was_training = model.training
         model.eval()
         records = []
         try:
+            if shard is not None:
+                return validate_agreeing(shard, one_image, count, should_stop, progress)
             for done, i in enumerate(indices):
-                if shard is None and should_stop():
+                if should_stop():
                     raise ValidationInterrupted(i, count)
-                records.append(
-                    validate_image(
-                        model,
-                        i,
-                        val_set[i],
-                        device=device,
-                        scale=scale,
-                        num_frames=num_frames,
-                        autocast=autocast,
-                        tiling=tiling,
-                    )
-                )
+                records.append(one_image(i))
                 progress((done + 1) / len(indices))
         finally:
             model.train(was_training)
