@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+from typing import Any, cast
 
 import pytest
 
-from vsr_async.errors import RankError
+from vsr_async.errors import RankError, ValidationInterrupted, VsrError
 from vsr_async.runtime.follower import StopNotes
 from vsr_async.settings import build_config
-from vsr_async.training import rank_channel
+from vsr_async.training import follower, rank_channel
 from vsr_async.training.distributed import RankContext
 from vsr_async.training.rank_channel import ROUND_INTERVAL_S, next_round
 
@@ -65,12 +66,13 @@ def test_a_bad_environment_is_one_line(environ: dict[str, str], named: str) -> N
 
 
 def test_a_rank_on_cuda_takes_its_local_device() -> None:
+    """One GPU per rank of a machine: an index in DEVICE would put every rank on one GPU."""
     import torch
 
     ranks = RankContext(rank=3, world_size=4, local_rank=1)
     assert ranks.device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert ranks.device(torch.device("cuda", 0)) == torch.device("cuda", 1)
     assert ranks.device(torch.device("cpu")) == torch.device("cpu")
-    assert ranks.device(torch.device("cuda", 2)) == torch.device("cuda", 2)  # chosen: kept
 
 
 def test_a_signal_is_handed_to_rank_0_once() -> None:
@@ -79,6 +81,13 @@ def test_a_signal_is_handed_to_rank_0_once() -> None:
     notes.on_signal(signal.SIGTERM, None)
     assert notes() == "signal SIGTERM"
     assert notes() is None  # once: rank 0 stops every rank on the first
+
+
+def test_the_config_sent_to_the_ranks_holds_no_secret() -> None:
+    config = build_config({"WEB_TOKEN": "s3cret-token-value", "MAX_LR": 2e-4})
+    sent = config.without_secrets()
+    assert sent.WEB_TOKEN == "" and sent.MAX_LR == 2e-4
+    assert sent.public_dict() == config.public_dict()
 
 
 def test_ops_are_plain_data() -> None:
@@ -95,3 +104,38 @@ def test_ops_are_plain_data() -> None:
         rank_channel.Stop("signal SIGTERM"),
     ]
     assert [pickle.loads(pickle.dumps(op)) for op in ops] == ops
+
+
+class FailingEngine:
+    """What `follower.validate` calls, with the validation raising `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error, self.step, self.qualities = error, 40, []
+
+    def validate(self, should_stop: Any = None) -> Any:
+        raise self.error
+
+    def on_validation(self, step: int, quality: float) -> None:
+        self.qualities.append(quality)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [VsrError("validation failed on rank 0: dataset x.png: truncated"), RuntimeError("bug")],
+)
+def test_a_failed_validation_leaves_a_follower_in_the_job(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every rank raises after the one gather (run_validation); rank 0 logs it and trains on,
+    so a follower must too, or the job would end at the next round."""
+    engine = FailingEngine(error)
+    follower.validate(cast(Any, engine), lambda: False)
+    assert engine.qualities == []  # no quality for the adaptive system
+    assert f"validation at step 40 failed: {error}" in caplog.text
+
+
+def test_a_stop_during_validation_or_a_lost_rank_is_not_a_failure() -> None:
+    interrupted = FailingEngine(ValidationInterrupted(2, 5))
+    follower.validate(cast(Any, interrupted), lambda: True)  # the next round says stop
+    with pytest.raises(RankError):
+        follower.validate(cast(Any, FailingEngine(RankError("rank 1: gone"))), lambda: False)

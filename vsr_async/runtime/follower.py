@@ -77,13 +77,12 @@ def run_follower(config: Config, ranks: RankContext) -> int:
     from vsr_async.training.rank_start import start_follower
 
     log_to_stderr(ranks.rank)
+    engine = start_follower(ranks, config)  # a signal meanwhile ends the process at once
     notes = StopNotes(ranks.rank)
     notes.install()
-    engine = start_follower(ranks, config)
     try:
-        follow(engine, notes)
+        follow(engine, notes, lambda: notes.reason is not None)
     finally:
-        engine.close()  # loader workers stop, also after a failed exchange
-    ranks.close()  # only after a clean stop: a group with a failed peer may not close
+        engine.close()  # loader workers stop; the job is left after a clean stop only
     log.info("stopped at step %d", engine.step)
     return 0

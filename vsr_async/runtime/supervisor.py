@@ -179,7 +179,7 @@ class Supervisor(CommandProducers):
             try:
                 pending.append(await asyncio.wait_for(self.commands.get(), HEARTBEAT_S))
             except TimeoutError:
-                await self.worker.tell_ranks(Continue(self.store.progress.step))
+                await self.worker.tell_ranks(Continue(self.worker.step or 0))
                 return
         elif block:
             pending.append(await self.commands.get())
@@ -193,6 +193,8 @@ class Supervisor(CommandProducers):
     async def _execute(self, command: cmd.Command) -> None:
         try:
             outcome = await self._dispatch(command)
+        except RankError:
+            raise  # torchrun: another rank is gone; the run ends (no further round)
         except (CommandNotAvailable, VsrError) as exc:
             fail_future(command.result, exc)  # the producer may not be waiting
             return
@@ -298,6 +300,8 @@ class Supervisor(CommandProducers):
             result = await self.worker.validate(
                 self.store.set_validation_progress, self._stop_requested.is_set
             )
+        except RankError:
+            raise  # torchrun: another rank is gone; the run ends (no further round)
         except ValidationInterrupted as exc:
             log.warning("%s: the run is stopping (an unfinished validation writes no file)", exc)
             self.store.validation_failed()

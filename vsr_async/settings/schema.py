@@ -262,6 +262,13 @@ class Config(RunKeys):
         """Every value, secrets included: for building configs, never for storing or showing."""
         return {name: getattr(self, name) for name in field_names()}
 
+    def without_secrets(self) -> Config:
+        """This config with every secret at its default: for another process that needs the
+        settings but no credentials (the other ranks of a torchrun job)."""
+        fields = dataclasses.fields(Config)
+        defaults: dict[str, Any] = {f.name: f.default for f in fields if f.metadata["secret"]}
+        return dataclasses.replace(self, **defaults)
+
     def public_dict(self) -> dict[str, Any]:
         """Every value but the secrets: what checkpoints, files, logs and panels may hold."""
         hidden = secret_keys()

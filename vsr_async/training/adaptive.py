@@ -200,6 +200,19 @@ class AdaptiveSystem:
         elif self.mode in (AdaptiveMode.STABLE, AdaptiveMode.AGGRESSIVE):
             self._quality_stall += 1
 
+    def combine_ranks(self) -> None:
+        """Under torchrun, at the last round: the open sharpness window becomes the sum over
+        the ranks (on rank 0; a resumed rank > 0 starts its share from zero, `share_only`)."""
+        if self.sum_over_ranks is not None:
+            self.sum_over_ranks(self._weighting.sharpness_sum)
+            self.sum_over_ranks(self._weighting.sharpness_count)
+
+    def share_only(self) -> None:
+        """A rank > 0 after loading rank 0's state: the open window's sharpness sums are rank 0's
+        (summed over the ranks at the next read), so this rank starts its own from zero."""
+        self._weighting.sharpness_sum.zero_()
+        self._weighting.sharpness_count.zero_()
+
     def on_resume(self, step: int) -> None:
         """Call after load_state_dict: Settling for ADAPTIVE_RESUME_SETTLING_STEPS."""
         self._step = step

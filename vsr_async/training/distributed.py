@@ -59,8 +59,9 @@ class RankContext:
         return cls(rank=rank, world_size=world, local_rank=local)
 
     def device(self, configured: torch.device) -> torch.device:
-        """This rank's device: cuda:LOCAL_RANK when the config asks for CUDA without an index."""
-        if configured.type == "cuda" and configured.index in (None, 0):
+        """This rank's device: cuda:LOCAL_RANK whenever the config asks for CUDA (one GPU per
+        rank of a machine; a DEVICE index would put every rank on that one GPU)."""
+        if configured.type == "cuda":
             return torch.device("cuda", self.local_rank)
         return configured
 
@@ -82,7 +83,7 @@ class RankContext:
         except (RuntimeError, ValueError, OSError) as exc:
             raise RankError(
                 f"rank {self.rank} of {self.world_size} cannot reach the other ranks at {where} "
-                f"within DIST_TIMEOUT_S={timeout_s:g} s: {one_line(exc)}"
+                f"within DIST_TIMEOUT_S={timeout_s:g} s: {first_line(exc)}"
             ) from None
         log.info(
             "rank %d of %d joined (%s, device %s, timeout %g s)",
@@ -121,10 +122,14 @@ class RankContext:
         try:
             fn(*args, **kwargs)
         except (RuntimeError, OSError) as exc:  # a rank left, or DIST_TIMEOUT_S passed
-            raise RankError(
-                f"rank {self.rank}: {what} with the other ranks failed (a rank stopped or did not "
-                f"answer within DIST_TIMEOUT_S={self.timeout_s:g} s): {one_line(exc)}"
-            ) from None
+            raise self.failure(what, exc) from None
+
+    def failure(self, what: str, exc: BaseException) -> RankError:
+        """The one line for an exchange that failed: which rank, what, and torch's reason."""
+        return RankError(
+            f"rank {self.rank}: {what} with the other ranks failed (a rank stopped or did not "
+            f"answer within DIST_TIMEOUT_S={self.timeout_s:g} s): {first_line(exc)}"
+        )
 
     def close(self) -> None:
         """Leave the job (after the last collective)."""
@@ -157,6 +162,15 @@ def attempt_store(timeout: datetime.timedelta) -> dict[str, Any]:
     }
 
 
-def one_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def is_exchange_failure(exc: BaseException) -> bool:
+    """Whether a RuntimeError from a step is a failed collective (a peer gone, a timeout), not a
+    bug: torch's DistError family, or gloo's/NCCL's plain RuntimeErrors, which name themselves."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection reset", "connection closed"))

@@ -21,7 +21,7 @@ from vsr_async.records import StepResult, StepStats, ValidationResult
 from vsr_async.settings import Config
 from vsr_async.training import batching, state, step, telemetry
 from vsr_async.training.batch_fit import BatchPlan
-from vsr_async.training.distributed import RankContext
+from vsr_async.training.distributed import RankContext, is_exchange_failure
 from vsr_async.training.parts import EngineParts, Resumed
 from vsr_async.training.rank_channel import (
     ApplyConfig,
@@ -62,8 +62,11 @@ class TrainingEngine(EngineParts):
     @property
     def at_round(self) -> bool:
         """Whether every rank is at this step boundary now (always, without torchrun): only
-        then may rank 0 validate, change the config, pause or stop."""
-        return self.channel is None or self.step >= self.run_until
+        then may rank 0 validate, change the config, pause or stop. False once an exchange
+        failed: there is no next round."""
+        if self.channel is None:
+            return True
+        return not self.channel.broken and self.step >= self.run_until
 
     def tell_ranks(self, op: Op) -> None:
         """Rank 0: a round with `op` (no-op elsewhere and without torchrun)."""
@@ -72,14 +75,21 @@ class TrainingEngine(EngineParts):
         assert self.channel is not None and self.at_round, "ranks are not at a round"
         if not isinstance(op, Continue):
             self._round_clock = None  # time spent on `op` is not training time
+        if isinstance(op, ApplyConfig):  # the ranks need no credentials
+            op = ApplyConfig(op.config.without_secrets())
         self.rank_notes.extend(self.channel.lead(op))
 
     def stop_ranks(self, reason: str) -> list[str]:
-        """The last round (every rank, rank 0 with `reason`): stop here, and compare the
-        weights' fingerprints, which DDP keeps equal. Every rank's fingerprint, by rank."""
+        """The last round (every rank, rank 0 with `reason`): stop here, compare the weights'
+        fingerprints (DDP keeps them equal; every rank's, by rank), and combine the open
+        logging window's sums, so that the final checkpoint holds the whole job's."""
+        if self.leads_ranks and not self.at_round:
+            return []  # no round to tell it in: the other ranks end when this process does
         self.tell_ranks(Stop(reason))
         assert self.ranks is not None
         prints = self.ranks.all_gather(self.weights_fingerprint())
+        self.window.combine_ranks()
+        self.adaptive.combine_ranks()
         if self.leads_ranks:
             if len(set(prints)) == 1:
                 log.info("every rank holds the same weights at step %d (%s)", self.step, prints[0])
@@ -139,9 +149,20 @@ class TrainingEngine(EngineParts):
         return step.is_logging_step(self, step_number)
 
     def train_step(self) -> StepResult:
+        if self.ranks is None:
+            return step.train_step(self)
         if self.leads_ranks and self.at_round:
             self._continue_ranks()
-        return step.train_step(self)
+        try:
+            return step.train_step(self)
+        except torch.OutOfMemoryError:
+            raise  # redone inside the step when it can be; else the run's own error
+        except RuntimeError as exc:  # DDP's gradient all-reduce: a peer gone or silent
+            if not is_exchange_failure(exc):
+                raise
+            if self.channel is not None:
+                self.channel.broken = True
+            raise self.ranks.failure("a training step's exchange", exc) from None
 
     def peek_stats(self) -> StepStats | None:
         return telemetry.peek_stats(self)
@@ -212,5 +233,8 @@ class TrainingEngine(EngineParts):
         )
 
     def close(self) -> None:
-        """Stop loader workers (persistent workers otherwise outlive the run)."""
+        """Stop loader workers (persistent workers otherwise outlive the run); leave the
+        torchrun job after a clean stop (a group with a failed peer may not close)."""
         self._batches = iter(())
+        if self.ranks is not None and self.channel is not None and not self.channel.broken:
+            self.ranks.close()

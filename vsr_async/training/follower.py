@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from vsr_async.errors import RankError, ValidationInterrupted
 from vsr_async.training.engine import TrainingEngine
 from vsr_async.training.rank_channel import (
     ApplyConfig,
@@ -23,9 +24,14 @@ from vsr_async.training.rank_channel import (
 log = logging.getLogger(__name__)
 
 
-def follow(engine: TrainingEngine, note: Callable[[], str | None]) -> str:
+def follow(
+    engine: TrainingEngine,
+    note: Callable[[], str | None],
+    stop_asked: Callable[[], bool] = lambda: False,
+) -> str:
     """Follow rank 0's rounds until it says stop; returns the stop's reason. `note()` is asked
-    before each round (a signal's stop request, once)."""
+    before each round (a signal's stop request, once); `stop_asked()` during a validation (the
+    ranks agree on it image by image)."""
     channel = engine.channel
     assert channel is not None and not channel.ranks.leader
     while True:
@@ -35,15 +41,16 @@ def follow(engine: TrainingEngine, note: Callable[[], str | None]) -> str:
                 while engine.step < until:
                     engine.train_step()
             case Validate():
-                log.info("validation started at step %d", engine.step)
-                result = engine.validate()
-                engine.on_validation(engine.step, result.quality_ki)
-                log.info("validation at step %d: quality %.6f", engine.step, result.quality_ki)
+                validate(engine, stop_asked)
             case ApplyConfig(config=config):
                 changed = {
                     k: v for k, v in config.public_dict().items() if getattr(engine.config, k) != v
                 }
-                engine.apply_config(config)
+                try:
+                    engine.apply_config(config)
+                except Exception:  # rank 0 logs its own failure and sends its config back
+                    log.exception("config change at step %d failed", engine.step)
+                    continue
                 log.info("config changed at step %d: %s", engine.step, changed)
             case Pause():
                 log.info("training paused at step %d", engine.step)
@@ -53,3 +60,21 @@ def follow(engine: TrainingEngine, note: Callable[[], str | None]) -> str:
                 log.info("stopping at step %d: %s", engine.step, reason)
                 engine.stop_ranks(reason)  # the weights' fingerprints, compared by rank 0
                 return reason
+
+
+def validate(engine: TrainingEngine, stop_asked: Callable[[], bool]) -> None:
+    """This rank's share of a validation. A failure or a stop ends it on every rank alike
+    (`run_validation` agrees on both), and rank 0 logs and carries on the same way."""
+    log.info("validation started at step %d", engine.step)
+    try:
+        result = engine.validate(should_stop=stop_asked)
+    except RankError:
+        raise
+    except ValidationInterrupted as exc:
+        log.warning("%s: the job is stopping", exc)
+        return
+    except Exception as exc:
+        log.error("validation at step %d failed: %s", engine.step, exc)
+        return
+    engine.on_validation(engine.step, result.quality_ki)
+    log.info("validation at step %d: quality %.6f", engine.step, result.quality_ki)

@@ -88,7 +88,17 @@ class EngineParts:
         trained: torch.nn.Module = self.model
         if ranks is not None:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids, **rank_local_buffers())
+            # VSR++ with one frame leaves its fusion layers out of the graph (DDP must know).
+            unused = config.MODEL == "vsrpp" and config.NUM_FRAMES == 1
+            try:
+                self.ddp = DistributedDataParallel(
+                    self.model,
+                    device_ids=ids,
+                    find_unused_parameters=unused,
+                    **rank_local_buffers(),
+                )
+            except RuntimeError as exc:  # its start compares and broadcasts the weights
+                raise ranks.failure("DistributedDataParallel's start", exc) from None
             trained = self.ddp
         self.forward = torch.compile(trained) if config.COMPILE else trained
         self.ema = EmaWeights(self.model, config.EMA_DECAY) if config.EMA_DECAY > 0 else None

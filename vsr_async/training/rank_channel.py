@@ -88,20 +88,28 @@ class RankChannel:
     def __init__(self, ranks: RankContext) -> None:
         self.ranks = ranks
         self.rounds = 0
+        self.broken = False  # an exchange failed: no further round (a peer is gone)
 
     def lead(self, op: Op) -> list[str]:
         """Rank 0: start a round with `op`; the other ranks' notes (stop requests) come back."""
         assert self.ranks.leader
-        replies = self.ranks.all_gather(op)
-        self.rounds += 1
+        replies = self._exchange(op)
         return [f"{note} (rank {rank})" for rank, note in enumerate(replies[1:], 1) if note]
 
     def follow(self, note: str | None) -> Op:
         """The other ranks: take part in the next round, with `note` for rank 0."""
         assert not self.ranks.leader
-        replies = self.ranks.all_gather(note)
-        self.rounds += 1
+        replies = self._exchange(note)
         op = replies[0]
         if not isinstance(op, Continue | Validate | ApplyConfig | Pause | Resume | Stop):
             raise TypeError(f"rank 0 sent {op!r}, not an Op")
         return op
+
+    def _exchange(self, mine: object) -> list[object]:
+        try:
+            replies = self.ranks.all_gather(mine)
+        except Exception:
+            self.broken = True
+            raise
+        self.rounds += 1
+        return replies

@@ -29,11 +29,13 @@ def start_leader(
 ) -> TrainingEngine:
     """Rank 0, on its GPU thread: `build()` makes the engine (and loads a checkpoint)."""
     connect(ranks, config)
-    ranks.broadcast((config, dataset_info))
+    ranks.broadcast((config.without_secrets(), dataset_info))
     engine = build()
     state = None
     if engine.resumed is not None:
         state = {**engine.capture_state(), "run_id": engine.resumed.run_id}
+        # The CUDA generators are not used, and another machine may have fewer GPUs.
+        state["rng"] = {k: v for k, v in state["rng"].items() if k != "cuda"}
     ranks.broadcast(state)
     return engine
 
@@ -48,4 +50,5 @@ def start_follower(ranks: RankContext, own_config: Config) -> TrainingEngine:
     state = ranks.broadcast(None)
     if state is not None:
         engine.load_state(state)
+        engine.adaptive.share_only()
     return engine

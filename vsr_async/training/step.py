@@ -68,7 +68,6 @@ def train_step(parts: EngineParts) -> StepResult:
     skipped = [path for part in samples for path in part.skipped]
     terms, sr, gt = accumulate_fitting(parts, samples, weights, step_index + 1)
     accumulation = parts.batch_plan.accumulation_steps  # after an OOM: the reduced plan's
-    parts.samples_consumed += parts.samples_per_step
 
     parts.scaler.unscale_(parts.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -88,6 +87,9 @@ def train_step(parts: EngineParts) -> StepResult:
         parts.optimizer.step()
     if parts.ema is not None:
         parts.ema.update()
+    # Counted with the step (after its last exchange with other ranks): a checkpoint written
+    # after a failed step holds the position of the last step taken.
+    parts.samples_consumed += parts.samples_per_step
     parts.step += 1
     parts.window.add(terms / accumulation, grad_norm, finite)
     sharpness = (

@@ -104,6 +104,12 @@ class StepWindow:
             extra=values[after_sums:],
         )
 
+    def combine_ranks(self) -> None:
+        """Under torchrun, at the last round: the open window's loss sums become the mean over
+        the ranks (the rest agree already), so a checkpoint holds the whole job's window."""
+        if self.mean_over_ranks is not None:
+            self.mean_over_ranks(self.term_sum)
+
     def state_dict(self) -> dict[str, Tensor | int]:
         return {
             "term_sum": self.term_sum.clone(),
