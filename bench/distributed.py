@@ -76,6 +76,7 @@ def block(engine: Any, steps: int, mode: str, interval: float) -> float:
             step.train_step(engine)
     else:
         rank_channel.ROUND_INTERVAL_S = interval  # 0: a round before every step
+        timed_rounds(engine.channel)
         engine.config = dataclasses.replace(engine.config, MAX_STEPS=end)  # the last round's step
         engine._round_clock = None
         if engine.leads_ranks:
@@ -89,6 +90,23 @@ def block(engine: Any, steps: int, mode: str, interval: float) -> float:
                     engine.train_step()
     device_sync(engine)
     return (time.perf_counter() - start) / steps
+
+
+def timed_rounds(channel: Any) -> None:
+    """Record each round's wall time in `channel.round_seconds` (rounds between steps)."""
+    if hasattr(channel, "round_seconds"):
+        return
+    channel.round_seconds = []
+    exchange = channel._exchange
+
+    def timed(mine: object) -> list[object]:
+        start = time.perf_counter()
+        try:
+            return exchange(mine)
+        finally:
+            channel.round_seconds.append(time.perf_counter() - start)
+
+    channel._exchange = timed
 
 
 def device_sync(engine: Any) -> None:
@@ -105,13 +123,16 @@ def channel_rank(rank: int, world: int, port: int, args: argparse.Namespace, out
     engine = build_engine(rank, world, port, overrides)
     times: dict[str, list[float]] = {"bare": [], "channel": [], "channel_every_step": []}
     block(engine, args.steps, "bare", 0.0)  # warm-up
+    in_training: list[float] = []  # rounds during the channel blocks at the real cadence
     for _ in range(args.repeats):
         times["bare"].append(block(engine, args.steps, "bare", 0.0))
         times["channel"].append(block(engine, args.steps, "channel", args.interval))
+        in_training += engine.channel.round_seconds
         times["channel_every_step"].append(block(engine, args.steps, "channel", 0.0))
+        engine.channel.round_seconds.clear()
     round_s = time_rounds(engine, 200)
     if rank == 0:
-        out.put({"times": times, "rounds": engine.channel.rounds, "round_s": round_s})
+        out.put({"times": times, "round_s": round_s, "in_training": in_training})
     engine.ranks.close()
 
 
@@ -190,7 +211,18 @@ def channel_cost(args: argparse.Namespace) -> dict[str, Any]:
         f"at one round per {args.interval:g} s of training that is {at_cadence:.3%} of the time, "
         f"and {round_ms / (bare * 1e3):.2%} of a step with a round before every step"
     )
+    rounds = result["in_training"]
+    in_training = median(rounds) * 1e3
+    training_s = sum(times["channel"]) * args.steps
+    share = sum(rounds) / training_s
+    print(
+        f"  at the real cadence: {len(rounds)} rounds in {training_s:.1f} s of training, "
+        f"{in_training:.3f} ms median each (rank 0 also waits there for the other rank to "
+        f"finish its step): {share:.3%} of the training time"
+    )
     return {
+        "round_in_training_ms": in_training,
+        "channel_share": share,
         "round_ms": round_ms,
         "round_share_at_cadence": at_cadence,
         "channel_ratio": median(times["channel"]) / bare,
@@ -221,7 +253,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="steps per block")
     parser.add_argument("--repeats", type=int, default=5, help="blocks per variant")
     parser.add_argument("--batch", type=int, default=4, help="BATCH_SIZE per rank")
-    parser.add_argument("--interval", type=float, default=0.25, help="ROUND_INTERVAL_S")
+    parser.add_argument("--interval", type=float, default=0.5, help="ROUND_INTERVAL_S")
     parser.add_argument("--scaling", action="store_true", help="also measure scaling")
     gpus = torch.cuda.device_count()
     parser.add_argument("--device", default="cuda" if gpus else "cpu")
