@@ -220,6 +220,19 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_global_batch(jobs: 
         assert load_checkpoint(job.checkpoint())["samples_consumed"] == STEPS * 4
 
 
+def test_logged_losses_are_the_whole_jobs_means(jobs: Jobs) -> None:
+    """Each rank's window holds its own batch's losses; the logging step averages them over the
+    ranks, so the Statistik files show the losses of the global batch (those of 1 x 4)."""
+    ddp, single4 = finished(jobs.ddp), finished(jobs.single4)
+    keys = ("total_loss_value", "l1_loss_value", "ms_loss_value", "gradient_loss_value")
+    for step in (HALF, STEPS):
+        got = read_json(ddp.folder / f"Statistik_{step}.json")
+        want = read_json(single4.folder / f"Statistik_{step}.json")
+        for key in keys:
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (step, key)
+        assert got[keys[0]] > 0
+
+
 # --- validation and Statistik ------------------------------------------------------------------
 
 
