@@ -1,6 +1,7 @@
 """Control and faults of real torchrun jobs on the CPU (gloo, tiny model).
 
-- `POST /validate`, `/pause`, `/resume` on rank 0's panel reach both ranks at the same step;
+- `POST /validate`, `/pause`, `/resume` and `PATCH /api/config` on rank 0's panel reach both ranks
+  at the same step;
 - SIGTERM to torchrun, or to rank 1 alone, stops every rank at one step with one checkpoint;
 - two "machines" (two torchrun agents with a c10d rendezvous on 127.0.0.1) train and validate;
 - SIGKILL of a rank under `--max-restarts 1`: the job restarts from the newest checkpoint;
@@ -184,6 +185,16 @@ async def test_web_validate_pause_resume_reach_both_ranks_at_one_step(
             assert not [line for line in during if LOG_STEP.search(line) or "Statistik" in line]
             resumed_at = int((await run.wait_for(LOG_STEP)).group(1))
             assert resumed_at > paused
+
+            # A live config change applies on every rank after the same step.
+            async with http.patch(base + "/api/config", json={"MAX_LR": 5e-4}) as response:
+                assert response.status in (200, 202), await response.text()
+            c0, c1 = await wait_all(
+                run,
+                rank0(r"config changed at step (\d+): \{'MAX_LR': 0\.0005\}"),
+                rank1(r"config changed at step (\d+): \{'MAX_LR': 0\.0005\}"),
+            )
+            assert int(c0.group(1)) == int(c1.group(1)) >= resumed_at
         print(f"pause: both ranks logged it {latency:.3f} s after POST /pause (step {paused})")
         run.send(signal.SIGTERM)
         code = await run.finish()
