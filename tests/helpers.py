@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -86,6 +87,13 @@ async def wait_until(predicate: Callable[[], bool], store: Any, timeout: float =
             version = await store.wait_for_change(version, timeout=1.0)
 
     await asyncio.wait_for(loop(), timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def read_json(path: Path) -> dict[str, Any]:

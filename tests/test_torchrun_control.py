@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from helpers import CONTINUING, LOG_STEP, REPO, CliRun, cli_config
+from helpers import CONTINUING, LOG_STEP, REPO, CliRun, cli_config, free_port
 
 from vsr_async.files.checkpoints import CHECKPOINT_DIR, checkpoint_name, load_checkpoint
 
@@ -46,12 +45,6 @@ def rank1(text: str) -> re.Pattern[str]:
 
 def job_config(tmp_path: Path, dataset: Path, **overrides: Any) -> Path:
     return cli_config(tmp_path / "job.toml", dataset, tmp_path / "Learn", **overrides)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def wait_all(

@@ -12,7 +12,6 @@ import dataclasses
 import datetime
 import math
 import pickle
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import skimage.data
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch import nn
 
 from vsr_async.data.degrade import bicubic_downscale
@@ -139,12 +139,6 @@ def rank_main(rank: int, world: int, port: int, state: dict, out: Path) -> None:
         (out / f"rank{rank}.pkl").write_bytes(pickle.dumps(report))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def same(a: Any, b: Any) -> bool:

@@ -12,7 +12,6 @@ decision rank 0 takes at such a step (a validation, a stop) can be told there.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,8 +20,6 @@ from vsr_async.settings import Config
 
 if TYPE_CHECKING:  # torch is imported only where a job is distributed
     from vsr_async.training.distributed import RankContext
-
-log = logging.getLogger(__name__)
 
 ROUND_INTERVAL_S = 0.5  # training time between rounds: a command waits at most this (+ a step)
 HEARTBEAT_S = 1.0  # while paused, rank 0 still starts a round this often (well inside timeouts)
@@ -101,7 +98,7 @@ class RankChannel:
         assert not self.ranks.leader
         replies = self._exchange(note)
         op = replies[0]
-        if not isinstance(op, Continue | Validate | ApplyConfig | Pause | Resume | Stop):
+        if not isinstance(op, Op):
             raise TypeError(f"rank 0 sent {op!r}, not an Op")
         return op
 
