@@ -73,26 +73,7 @@ class Progress:
 
 def _rich_bar(label: str, total: int | None, unit: str, stream: TextIO) -> tuple[Any, Any]:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
 
-    class RateColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} {unit}/s" if speed else f"- {unit}/s")
+    from vsr_async.tools.progress_bar import rich_bar
 
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        console=Console(file=stream),
-    )
-    return bar, bar.add_task(label, total=total)
+    return rich_bar(label, total, unit, Console(file=stream))

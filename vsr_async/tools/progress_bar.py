@@ -9,38 +9,44 @@ from types import TracebackType
 from typing import Any
 
 
+def rich_bar(label: str, total: int | None, unit: str, console: Any) -> tuple[Any, Any]:
+    """The tools' one rich bar: label, bar, done/total, items per second, ETA; and its task."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} {unit}/s" if speed else f"-- {unit}/s")
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    return bar, bar.add_task(label, total=total)
+
+
 class ToolProgress:
     """`with ToolProgress("scoring", total, "frames") as bar: ... bar.advance()`."""
 
     def __init__(self, label: str, total: int | None, unit: str) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            Task,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
-
-        class RateColumn(ProgressColumn):
-            def render(self, task: Task) -> Text:
-                speed = task.finished_speed or task.speed
-                return Text(f"{speed:.1f} {unit}/s" if speed else f"-- {unit}/s")
 
         self.label, self.unit, self.total, self.done = label, unit, total, 0.0
         self._console = Console(stderr=True)
         self._started = 0.0
-        self._progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            RateColumn(),
-            TimeRemainingColumn(),
-            console=self._console,
-        )
-        self._task = self._progress.add_task(label, total=total)
+        self._progress, self._task = rich_bar(label, total, unit, self._console)
 
     def __enter__(self) -> ToolProgress:
         self._started = time.perf_counter()
