@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,18 +202,23 @@ async def test_web_validate_pause_resume_reach_both_ranks_at_one_step(
 # --- SIGTERM ---------------------------------------------------------------------------------
 
 
+async def signal_after_step(run: CliRun, step: int, send: Callable[[], None]) -> int:
+    """Once the job has logged step `step` or later, `send()` a signal; the exit code."""
+    try:
+        while int((await run.wait_for(LOG_STEP)).group(1)) < step:
+            pass
+        send()
+        return await run.finish()
+    finally:
+        await run.close()
+
+
 async def test_sigterm_to_torchrun_stops_both_ranks_at_one_step(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
     run_dir = tmp_path / "Learn"
     run = await CliRun.torchrun(job_config(tmp_path, tiny_dataset), *TWO_RANKS)
-    try:
-        while int((await run.wait_for(LOG_STEP)).group(1)) < 20:
-            pass
-        run.send(signal.SIGTERM)
-        code = await run.finish()
-    finally:
-        await run.close()
+    code = await signal_after_step(run, 20, lambda: run.send(signal.SIGTERM))
     # torchrun's agent re-raises the signal after its workers stopped: its own code, not ours.
     print(f"torchrun exit code after SIGTERM: {code}")
     no_failure_report(run.output)
@@ -223,13 +229,7 @@ async def test_sigterm_to_torchrun_stops_both_ranks_at_one_step(
 async def test_sigterm_to_rank_1_stops_the_whole_job(tmp_path: Path, tiny_dataset: Path) -> None:
     run_dir = tmp_path / "Learn"
     run = await CliRun.torchrun(job_config(tmp_path, tiny_dataset), *TWO_RANKS)
-    try:
-        while int((await run.wait_for(LOG_STEP)).group(1)) < 20:
-            pass
-        os.kill(rank_pid(run, 1), signal.SIGTERM)
-        code = await run.finish()
-    finally:
-        await run.close()
+    code = await signal_after_step(run, 20, lambda: os.kill(rank_pid(run, 1), signal.SIGTERM))
     assert code == 0, run.output[-3000:]
     no_failure_report(run.output)
     assert rank0(r"signal SIGTERM \(rank 1\): stopping every rank").search(run.output)
