@@ -78,7 +78,7 @@ class RankContext:
             if device.type == "cuda":
                 torch.cuda.set_device(device)  # this thread's device: NCCL's communicators
             if not dist.is_initialized():
-                dist.init_process_group(backend, timeout=timeout, **attempt_store(timeout))
+                dist.init_process_group(backend, timeout=timeout, **self._attempt_store(timeout))
             self.objects = dist.new_group(backend="gloo", timeout=timeout)
         except (RuntimeError, ValueError, OSError) as exc:
             raise RankError(
@@ -93,6 +93,29 @@ class RankContext:
             device,
             timeout_s,
         )
+
+    def _attempt_store(self, timeout: datetime.timedelta) -> dict[str, Any]:
+        """init_process_group's store under torchrun: its agent's store, with a prefix per attempt.
+
+        torchrun keeps ONE store for all attempts of a job (torch >= 2.5 shares its rendezvous
+        store with the workers), and the keys of an attempt that died stay in it: after a
+        `--max-restarts` restart, a rank would read the dead ranks' addresses and fail to connect.
+        TORCHELASTIC_RESTART_COUNT keeps each attempt's keys apart. Empty (env:// as usual) when
+        torchrun does not share its store."""
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            return {}
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=timeout,
+        )
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        return {
+            "store": dist.PrefixStore(f"vsr_async/attempt_{attempt}", store),
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
 
     # --- collectives (GPU thread; every rank calls them in the same order) --------------------
 
@@ -136,30 +159,6 @@ class RankContext:
         if dist.is_initialized():
             dist.destroy_process_group()
         self.objects = None
-
-
-def attempt_store(timeout: datetime.timedelta) -> dict[str, Any]:
-    """init_process_group's store under torchrun: its agent's store, with a prefix per attempt.
-
-    torchrun keeps ONE store for all attempts of a job (torch >= 2.5 shares its rendezvous
-    store with the workers), and the keys of an attempt that died stay in it: after a
-    `--max-restarts` restart, a rank would read the dead ranks' addresses and fail to connect.
-    TORCHELASTIC_RESTART_COUNT keeps each attempt's keys apart. Empty (env:// as usual) when
-    torchrun does not share its store."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return {}
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        is_master=False,
-        timeout=timeout,
-    )
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return {
-        "store": dist.PrefixStore(f"vsr_async/attempt_{attempt}", store),
-        "rank": int(os.environ["RANK"]),
-        "world_size": int(os.environ["WORLD_SIZE"]),
-    }
 
 
 def first_line(exc: BaseException) -> str:
